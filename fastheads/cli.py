@@ -1,0 +1,252 @@
+"""The `fastheads` command: a thin Typer layer over the Python API."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from fastheads.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Transfer learning on a frozen VGG16, fast, correct and reproducible.",
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+T = TypeVar("T")
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run a command body: a UserError becomes one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except UserError as e:
+        if _state["debug"]:
+            raise
+        typer.echo(f"fastheads: error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("fastheads: interrupted; finished files are intact, rerun to continue.", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+# --------------------------------------------------------------------------- train
+
+Data = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Training images: an HDF5 file (images, labels) or a folder of images with a file,label CSV.",
+    ),
+]  # noqa: E501
+Course = Annotated[
+    Path | None,
+    typer.Option(
+        "--course",
+        help="The course folder (with imagenet_dataset/ and flowers_dataset/); finds the data, class names and weights in it.",
+    ),
+]  # noqa: E501
+Classes = Annotated[
+    Path | None, typer.Option("--classes", help="Class-names file, one name per line, line i naming class i.")
+]  # noqa: E501
+
+
+def _course_defaults(
+    course: Path | None, data: Path | None, classes: Path | None, weights: str | None
+) -> tuple[str, str | None, str]:
+    if course is not None:
+        from fastheads.data import find_course_files
+
+        found = find_course_files(course)
+        data = data or found.train
+        classes = classes or found.classes
+        if weights is None and found.weights is not None:
+            weights = str(found.weights)
+    if data is None:
+        raise UserError("--data (or --course) is required: the training images.")
+    return str(data), (str(classes) if classes else None), weights or "imagenet"
+
+
+@app.command()
+def train(
+    data: Data = None,
+    course: Course = None,
+    classes: Classes = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="For a folder of images: the labels CSV (columns file,label)."),
+    ] = None,  # noqa: E501
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            help="imagenet (downloads), none (random: tests and demos only), or a path to vgg16_weights.h5 / a Keras 3 .weights.h5 file.",
+        ),
+    ] = None,  # noqa: E501
+    arch: Annotated[
+        str,
+        typer.Option(
+            "--arch",
+            help="vgg16: the course's heads on fc2; v2: block5 removed, new 4096-4096 head on block4_pool (question 3).",
+        ),
+    ] = "vgg16",  # noqa: E501
+    train_layers: Annotated[
+        int, typer.Option("--train-layers", help="1: only the new output layer; 2: also fc2; 3: also fc1.")
+    ] = 1,  # noqa: E501
+    image_size: Annotated[
+        int,
+        typer.Option(
+            "--image-size",
+            help="Images are resized (antialiased bilinear) to this square size; VGG16's is 224.",
+        ),
+    ] = 224,  # noqa: E501
+    augment: Annotated[
+        str,
+        typer.Option(
+            "--augment",
+            help='Preset (tp, tp-q7, none) or ImageDataGenerator arguments, e.g. "rotation_range=10,zoom_range=[0.8,1.4],horizontal_flip=true".',
+        ),
+    ] = "tp",  # noqa: E501
+    augment_seed: Annotated[
+        int,
+        typer.Option(
+            "--augment-seed",
+            help="Seed of the augmentation draws; kept across repeats so they share a feature store.",
+        ),
+    ] = 0,  # noqa: E501
+    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.001,
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.7,
+    nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.")] = True,
+    decay: Annotated[float, typer.Option("--decay", help="Keras 2 SGD decay: lr / (1 + decay * iterations).")] = 1e-6,  # noqa: E501
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per training step.")] = 32,
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum number of epochs.")] = 13,
+    patience: Annotated[
+        int,
+        typer.Option("--patience", help="EarlyStopping: epochs without improvement of --monitor before stopping."),
+    ] = 3,  # noqa: E501
+    monitor: Annotated[
+        str,
+        typer.Option(
+            "--monitor",
+            help="Metric for EarlyStopping and the best checkpoint: val_categorical_accuracy (the notebook's) or categorical_accuracy (question 8), val_loss, loss.",
+        ),
+    ] = "val_categorical_accuracy",  # noqa: E501
+    val_split: Annotated[
+        float, typer.Option("--val-split", help="Fraction of images held out for validation (stratified).")
+    ] = 0.3,  # noqa: E501
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seed of the split, the new layers' initial weights and the batch order."),
+    ] = 0,  # noqa: E501
+    repeats: Annotated[
+        int,
+        typer.Option("--repeats", help="Number of runs, each with its own split and seed (seed, seed+1, ...)."),
+    ] = 1,  # noqa: E501
+    faithful: Annotated[
+        bool,
+        typer.Option(
+            "--faithful",
+            help="Reproduce the notebook's quirks: steps_per_epoch = n_train // batch and validation on n_val // batch batches.",
+        ),
+    ] = False,  # noqa: E501
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="Precision of the frozen base: auto, fp32, bf16, fp16. auto is bf16 where the hardware has it.",
+        ),
+    ] = "auto",  # noqa: E501
+    xla: Annotated[
+        str, typer.Option("--xla", help="XLA-compile the frozen base: auto (on for GPUs), on, off.")
+    ] = "auto",  # noqa: E501
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache",
+            help="Read features from the feature store (built first if needed): later runs take seconds.",
+        ),
+    ] = False,  # noqa: E501
+    views: Annotated[
+        int | None,
+        typer.Option("--views", help="Augmented views per image in the feature store (default: --epochs)."),
+    ] = None,  # noqa: E501
+    cache_dir: Annotated[str, typer.Option("--cache-dir", help="Root folder of the feature store.")] = "cache",
+    cache_dtype: Annotated[
+        str, typer.Option("--cache-dtype", help="float16 (default, half the size) or float32.")
+    ] = "float16",  # noqa: E501
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for model.keras, history.json, run.json, curves.png.")
+    ] = Path("runs/latest"),  # noqa: E501
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in --out.")] = False,  # noqa: E501
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted run in --out from its last finished epoch."),
+    ] = False,  # noqa: E501
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print only errors.")] = False,
+) -> None:
+    """Retrain VGG16's last layer(s) on your images, as the course notebook does, and export model.keras."""
+
+    def body() -> None:
+        from fastheads.config import make_config
+        from fastheads.train import train as run_train
+
+        d, c, w = _course_defaults(course, data, classes, weights)
+        cfg = make_config(
+            data=d, classes=c, labels_csv=str(labels) if labels else None, weights=w, arch=arch,
+            train_layers=train_layers, image_size=image_size, augment=augment, augment_seed=augment_seed,
+            lr=lr, momentum=momentum, nesterov=nesterov, decay=decay, batch_size=batch_size, epochs=epochs,
+            patience=patience, monitor=monitor, val_split=val_split, seed=seed, repeats=repeats,
+            faithful=faithful, precision=precision, xla=xla, cache=cache, views=views, cache_dir=cache_dir,
+            cache_dtype=cache_dtype, out=str(out), overwrite=overwrite, resume=resume, verbose=not quiet,
+        )  # fmt: skip
+        run_train(cfg)
+
+    guarded(body)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run.")] = Path("runs/demo"),
+    cache: Annotated[
+        bool,
+        typer.Option("--cache/--no-cache", help="Train from the feature store (built on the first run)."),
+    ] = True,  # noqa: E501
+) -> None:
+    """Run the whole pipeline offline on a built-in drawn flower set with RANDOM VGG16 weights (about a minute)."""
+
+    def body() -> None:
+        from fastheads.demo import write_demo_files
+        from fastheads.train import train as run_train
+
+        typer.echo(
+            "fastheads demo: a PIPELINE DEMO on drawn images with RANDOM VGG16 weights; "
+            "its accuracy is not a measure of anything."
+        )
+        h5, classes = write_demo_files(out / "data")
+        run_train(
+            data=str(h5), classes=str(classes), weights="none", image_size=64, epochs=6, views=6,
+            out=str(out / "run"), overwrite=True, cache=cache, cache_dir=str(out / "cache"),
+        )  # fmt: skip
+        typer.echo(f"fastheads demo: done; see {out / 'run'} (model.keras, history.json, run.json, curves.png).")
+
+    guarded(body)
+
+
+def main() -> None:
+    app(prog_name="fastheads")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
