@@ -164,7 +164,7 @@ def _load_keras2_h5(model, path: Path, need_top: bool) -> str:
             wnames = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("weight_names", [])]
             if not wnames:
                 wnames = []
-                g.visit(lambda n, acc=wnames: acc.append(n) if isinstance(g[n], h5py.Dataset) else None)
+                g.visititems(lambda n, obj, acc=wnames: acc.append(n) if isinstance(obj, h5py.Dataset) else None)
             wnames = sorted(wnames, key=_weight_order)
             try:
                 arrays = [np.asarray(g[n][()]) for n in wnames]
