@@ -63,7 +63,7 @@ class Backbone:
 def prepare_backbone(cfg: TrainConfig) -> Backbone:
     vgg = backbone.build_vgg16(cfg.image_size)
     need_top = cfg.arch == "vgg16"
-    desc = backbone.load_weights(vgg, cfg.weights, need_top=need_top, seed=cfg.seed)
+    desc = backbone.load_weights(vgg, cfg.weights, need_top=need_top, seed=0)
     precision = backbone.resolve_precision(cfg.precision)
     xla = backbone.resolve_xla(cfg.xla)
     fn = backbone.frozen_fn(vgg, backbone.cut_layer(cfg.arch), precision, xla)
@@ -107,7 +107,7 @@ def train(config: TrainConfig | None = None, **kwargs) -> TrainResult:
     images = resize_images(ds.images, cfg.image_size)
     source: FeatureSource
     if cfg.cache:
-        from fastheads.feature_store import store_for_training
+        from fastheads.cache import store_for_training
 
         source = store_for_training(cfg, ds, images, bb, say)
     else:
@@ -192,14 +192,14 @@ def train_one(
     best, best_epoch, best_weights, wait, stopped = math.inf, 0, None, 0, 0
     if not cfg.monitor.endswith("loss"):
         best = -math.inf
-    n_val_used = len(val_idx)
+    n_val_used, n_train_used = len(val_idx), len(train_idx)
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         x_tr = source.augmented(train_idx, epoch)
         t1 = time.perf_counter()
         feat_s += t1 - t0
         order, val_sel = epoch_batches(cfg, seed, epoch, len(train_idx), len(val_idx))
-        n_val_used = len(val_sel)
+        n_val_used, n_train_used = len(val_sel), len(order)
         h = head.fit(
             x_tr[order], y_tr[order], batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0,
             validation_data=(x_val[val_sel], y_val[val_sel]),
@@ -220,7 +220,7 @@ def train_one(
             + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
             + mark
         )
-        if wait >= cfg.patience and wait > 0:
+        if wait >= cfg.patience and wait > 0 and epoch + 1 < cfg.epochs:
             say(f"Early stopping: no improvement of {cfg.monitor} in {cfg.patience} epochs.")
             break
     if best_weights is not None:
@@ -235,6 +235,7 @@ def train_one(
         "seed": seed,
         "data": {"source": ds.source, "n_images": len(ds), "class_names": ds.class_names},
         "split": {"train": train_idx.tolist(), "val": val_idx.tolist()},
+        "training_images_per_epoch": n_train_used,
         "validation_images_per_epoch": n_val_used,
         "weights": bb.weights_desc,
         "precision": bb.precision,

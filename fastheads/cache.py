@@ -1,0 +1,130 @@
+"""Glue between a training configuration and the feature store: key, build with progress, read.
+
+`StoreSource` is the cached twin of `pipeline.OnTheFly`: the training loop cannot tell
+them apart, except that epoch e reads view 1 + (e mod K) instead of computing view 1 + e.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from fastheads.backbone import cut_layer
+from fastheads.cache_key import KeyInputs, pixels_hash, weights_identity
+from fastheads.config import TrainConfig
+from fastheads.data import ImageSet
+from fastheads.errors import UserError
+from fastheads.feature_store import DamagedEntry, FeatureStore
+from fastheads.preprocess import RESIZE_METHOD
+
+
+def key_inputs(cfg: TrainConfig, ds: ImageSet, precision: str, xla: bool) -> KeyInputs:
+    import tensorflow as tf
+
+    views = 0 if cfg.augment.is_identity else cfg.n_views
+    return KeyInputs(
+        weights=weights_identity(cfg.weights, 0, cfg.cache_dir),
+        pixels=pixels_hash(ds.images),
+        n_images=len(ds),
+        image_size=cfg.image_size,
+        resize=RESIZE_METHOD,
+        preprocessing="caffe",
+        cut=cut_layer(cfg.arch),
+        augment=cfg.augment.canonical(),
+        views=views,
+        augment_seed=cfg.augment_seed,
+        precision=precision,
+        xla=xla,
+        dtype=cfg.cache_dtype,
+        tensorflow=".".join(tf.__version__.split(".")[:2]),
+    )
+
+
+def open_entry(cfg: TrainConfig, ds: ImageSet, vgg, precision: str, xla: bool) -> FeatureStore:
+    root = Path(cfg.cache_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--cache-dir {root}: cannot create it ({e.strerror}).") from e
+    inputs = key_inputs(cfg, ds, precision, xla)
+    shape = tuple(int(d) for d in vgg.get_layer(inputs.cut).output.shape[1:])
+    return FeatureStore(root / inputs.key(), inputs, shape)
+
+
+def build_entry(
+    entry: FeatureStore,
+    base_fn: Callable,
+    images: np.ndarray,
+    cfg: TrainConfig,
+    say: Callable[[str], None],
+    shard: tuple[int, int] = (0, 1),
+) -> bool:
+    """Build (or resume) an entry with a progress bar showing images/s and the time left."""
+    if entry.complete:
+        say(f"fastheads: feature store hit: {entry.path}")
+        return True
+    done = len(entry.done_units())
+    say(
+        f"fastheads: building feature store {entry.path} ({entry.n_images} images x {entry.n_views} views"
+        + (f", resuming after {done}/{entry.n_units} units" if done else "")
+        + ")"
+    )
+    if not cfg.verbose:
+        return entry.build(base_fn, images, cfg.augment, shard)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("features"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn(), transient=False,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("build", total=None, rate=0.0)
+        seen = {"n": 0}
+
+        def progress(n: int, total: int) -> None:
+            seen["n"] += n
+            rate = seen["n"] / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, advance=n, total=total, rate=rate)
+
+        return entry.build(base_fn, images, cfg.augment, shard, progress)
+
+
+class StoreSource:
+    """Features for training, read from a complete entry; damaged rows are rebuilt, never used."""
+
+    def __init__(self, entry: FeatureStore, repair: Callable[[], None]) -> None:
+        self.entry, self.repair = entry, repair
+        self.k = entry.inputs.views
+
+    def _read(self, indices: np.ndarray, view: int) -> np.ndarray:
+        for _ in range(3):
+            try:
+                return self.entry.read(indices, view)
+            except DamagedEntry as e:
+                print(f"fastheads: warning: feature store {self.entry.key}: {len(e.units)} damaged unit(s); rebuilding")
+                self.entry.invalidate(e.units)
+                self.repair()
+        raise UserError(f"{self.entry.path}: still damaged after rebuilding; remove it with `fastheads cache rm`.")
+
+    def clean(self, indices: np.ndarray) -> np.ndarray:
+        return self._read(indices, 0)
+
+    def augmented(self, indices: np.ndarray, epoch: int) -> np.ndarray:
+        if self.k == 0:
+            return self.clean(indices)
+        return self._read(indices, 1 + epoch % self.k)
+
+
+def store_for_training(cfg: TrainConfig, ds: ImageSet, images: np.ndarray, bb, say: Callable[[str], None]):
+    entry = open_entry(cfg, ds, bb.vgg, bb.precision, bb.xla)
+
+    def repair() -> None:
+        if not build_entry(entry, bb.base_fn, images, cfg, say):
+            raise UserError(f"{entry.path}: could not be completed")
+
+    if not entry.complete:
+        repair()
+    return StoreSource(entry, repair)

@@ -1,0 +1,274 @@
+"""The feature store: frozen-base outputs of every image, clean and K augmented views, in zarr.
+
+One entry per key (see cache_key.py) under the cache root:
+
+    <root>/<key>/features      zarr array (N, 1 + K, *feature_shape), one chunk per (image, view)
+    <root>/<key>/units/        one marker per finished build unit, with a CRC32 per stored row
+    <root>/<key>/checksums.npy CRC32 of every (image, view) row, written when the last unit is done
+    <root>/<key>/COMPLETE      written last, atomically: only then is the entry ever read
+
+Work is cut into fixed units of 32 (image, view) pairs in view-major order, so a build
+that is killed resumes with the units it had not finished and produces exactly the bytes
+an uninterrupted build would. A file lock serialises builders of one entry; readers
+check every row's CRC and rebuild what is damaged instead of using it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from fastheads.augment import AugmentSpec
+from fastheads.cache_key import UNIT, KeyInputs
+from fastheads.errors import UserError
+from fastheads.pipeline import extract_features
+from fastheads.runio import atomic_write
+
+
+class DamagedEntry(Exception):
+    def __init__(self, units: set[int]) -> None:
+        super().__init__(f"damaged units {sorted(units)[:8]}")
+        self.units = units
+
+
+def crc_rows(rows: np.ndarray) -> list[int]:
+    return [zlib.crc32(np.ascontiguousarray(r).tobytes()) for r in rows]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock that the OS releases if the holder dies (flock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class FeatureStore:
+    """One entry of the store. Create with `open_entry`; build with `build`; read with `read`."""
+
+    def __init__(self, path: Path, inputs: KeyInputs, feature_shape: tuple[int, ...]) -> None:
+        self.path, self.inputs, self.feature_shape = path, inputs, tuple(feature_shape)
+        self.n_images, self.n_views = inputs.n_images, 1 + inputs.views
+        self.total = self.n_images * self.n_views
+        self.n_units = -(-self.total // UNIT)
+        self._array = None
+        self._checksums: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / "COMPLETE").is_file()
+
+    def unit_pairs(self, unit: int) -> np.ndarray:
+        flat = np.arange(unit * UNIT, min((unit + 1) * UNIT, self.total))
+        return np.stack([flat % self.n_images, flat // self.n_images], axis=1).astype(np.int64)
+
+    def _marker(self, unit: int) -> Path:
+        return self.path / "units" / f"u{unit:06d}.json"
+
+    def done_units(self) -> set[int]:
+        d = self.path / "units"
+        return {int(p.stem[1:]) for p in d.glob("u*.json")} if d.is_dir() else set()
+
+    def array(self, mode: str = "r"):
+        import zarr
+
+        if self._array is None or mode != "r":
+            self._array = zarr.open_array(str(self.path / "features"), mode=mode)
+        return self._array
+
+    def _create(self) -> None:
+        import zarr
+
+        if (self.path / "features" / "zarr.json").is_file():
+            return
+        zarr.create_array(
+            store=str(self.path / "features"),
+            shape=(self.n_images, self.n_views, *self.feature_shape),
+            chunks=(1, 1, *self.feature_shape),
+            dtype=self.inputs.dtype,
+            compressors=zarr.codecs.ZstdCodec(level=3),  # ReLU/max-pool outputs are mostly zeros
+            fill_value=0,
+            attributes={"fastheads": {"key_inputs": asdict(self.inputs), "complete": False}},
+        )
+
+    # ------------------------------------------------------------------ building
+    def build(
+        self,
+        base_fn: Callable,
+        images: np.ndarray,
+        spec: AugmentSpec,
+        shard: tuple[int, int] = (0, 1),
+        progress: Callable[[int, int], None] | None = None,
+    ) -> bool:
+        """Compute the missing units of this shard; return True when the whole entry is complete."""
+        i, n = shard
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with file_lock(self.path / ".lock-create"):
+                self._create()
+        except OSError as e:
+            raise UserError(f"--cache-dir {self.path.parent}: cannot create the feature store ({e.strerror}).") from e
+        with file_lock(self.path / f".lock-build-{i}of{n}"):
+            if self.complete:
+                return True
+            done = self.done_units()
+            todo = [u for u in range(self.n_units) if u % n == i and u not in done]
+            if todo:
+                self._compute(todo, base_fn, images, spec, progress)
+        return self._finish_if_done()
+
+    def _compute(self, todo: list[int], base_fn, images, spec, progress) -> None:
+        arr = self.array("r+")
+        pairs = np.concatenate([self.unit_pairs(u) for u in todo])
+        dtype = np.dtype(self.inputs.dtype)
+        buf: list[np.ndarray] = []
+        state = {"pos": 0, "unit": 0}  # pairs consumed; index into todo
+
+        def on_batch(start: int, feats: np.ndarray) -> None:
+            buf.append(feats.astype(dtype))
+            have = sum(len(b) for b in buf)
+            while state["unit"] < len(todo):
+                u = todo[state["unit"]]
+                up = self.unit_pairs(u)
+                if have < len(up):
+                    break
+                rows = np.concatenate(buf)
+                unit_rows, rest = rows[: len(up)], rows[len(up) :]
+                for (img, view), row in zip(up, unit_rows, strict=True):
+                    arr[int(img), int(view)] = row
+                crcs = crc_rows(unit_rows)
+                atomic_write(self._marker(u), lambda p, c=crcs: p.write_text(json.dumps({"crc": c})))
+                buf[:] = [rest] if len(rest) else []
+                have -= len(up)
+                state["unit"] += 1
+                state["pos"] += len(up)
+                if progress:
+                    progress(len(up), len(pairs))
+
+        try:
+            extract_features(base_fn, images, pairs, spec, self.inputs.augment_seed, UNIT, on_batch)
+        except OSError as e:
+            raise UserError(f"{self.path}: writing features failed ({e.strerror}); rerun to resume.") from e
+
+    def _finish_if_done(self) -> bool:
+        with file_lock(self.path / ".lock-create"):
+            if self.complete:
+                return True
+            if len(self.done_units()) < self.n_units:
+                return False
+            sums = np.zeros((self.n_images, self.n_views), np.uint32)
+            for u in range(self.n_units):
+                crcs = json.loads(self._marker(u).read_text())["crc"]
+                for (img, view), c in zip(self.unit_pairs(u), crcs, strict=True):
+                    sums[img, view] = c
+            atomic_write(self.path / "checksums.npy", lambda p: np.save(p, sums, allow_pickle=False), ".npy")
+            arr = self.array("r+")
+            meta = dict(arr.attrs.get("fastheads", {}))
+            meta["complete"] = True
+            arr.attrs["fastheads"] = meta
+            summary = {"key": self.key, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            atomic_write(self.path / "COMPLETE", lambda p: p.write_text(json.dumps(summary) + "\n"))
+            self._array = None
+            return True
+
+    # ------------------------------------------------------------------ reading
+    def checksums(self) -> np.ndarray:
+        if self._checksums is None:
+            self._checksums = np.load(self.path / "checksums.npy", allow_pickle=False)
+        return self._checksums
+
+    def read(self, indices: np.ndarray, view: int) -> np.ndarray:
+        """Rows (image, view) as float32, every one checked against its CRC; raises DamagedEntry."""
+        if not self.complete:
+            raise RuntimeError(f"feature store entry {self.key} read before it was complete")
+        indices = np.asarray(indices, np.int64)
+        arr = self.array()
+        try:
+            rows = arr.get_orthogonal_selection((indices, view))
+        except Exception:
+            rows = None  # a chunk that does not decode: find which, row by row
+        if rows is None:
+            rows = np.zeros((len(indices), *self.feature_shape), np.dtype(self.inputs.dtype))
+            bad = set()
+            for j, i in enumerate(indices):
+                try:
+                    rows[j] = arr[int(i), view]
+                except Exception:
+                    bad.add(self.unit_of(int(i), view))
+            if bad:
+                raise DamagedEntry(bad)
+        expected = self.checksums()[indices, view]
+        got = np.array(crc_rows(rows), np.uint32)
+        if not np.array_equal(got, expected):
+            bad_rows = indices[got != expected]
+            raise DamagedEntry({self.unit_of(int(i), view) for i in bad_rows})
+        return rows.astype(np.float32)
+
+    def unit_of(self, image: int, view: int) -> int:
+        return (view * self.n_images + image) // UNIT
+
+    def invalidate(self, units: set[int]) -> None:
+        """Forget damaged units (and completeness) so the next build recomputes exactly those."""
+        with file_lock(self.path / ".lock-create"):
+            for p in (self.path / "COMPLETE", self.path / "checksums.npy"):
+                p.unlink(missing_ok=True)
+            for u in units:
+                self._marker(u).unlink(missing_ok=True)
+            self._checksums = None
+            self._array = None
+
+    def verify(self) -> list[tuple[int, int]]:
+        """Re-read every row; return the (image, view) pairs whose bytes do not match."""
+        bad = []
+        for view in range(self.n_views):
+            for i in range(self.n_images):
+                try:
+                    self.read(np.array([i]), view)
+                except DamagedEntry:
+                    bad.append((i, view))
+        return bad
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def entry_meta(path: Path) -> dict:
+    """The key inputs stored in an entry's zarr attributes (empty if unreadable)."""
+    try:
+        meta = json.loads((path / "features" / "zarr.json").read_text())
+        return meta.get("attributes", {}).get("fastheads", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def list_entries(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "features").is_dir())
+
+
+def remove_entry(root: str | Path, key: str) -> Path:
+    path = Path(root) / key
+    if not (path / "features").is_dir():
+        raise UserError(f"no feature-store entry {key!r} under {root} (see `fastheads cache ls`).")
+    shutil.rmtree(path)
+    return path

@@ -1,0 +1,123 @@
+"""Training end to end on tiny data: CLI, outputs, cached == uncached, determinism, no overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import SIZE
+from typer.testing import CliRunner
+
+from fastheads.cli import app
+from fastheads.errors import UserError
+from fastheads.split import stratified_split
+from fastheads.train import train
+
+FAST = dict(image_size=SIZE, epochs=3, patience=3, batch_size=8, verbose=False)
+
+
+def test_cli_train_end_to_end(tmp_path, tiny_h5, tiny_classes, keras2_weights):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_h5), "--classes", str(tiny_classes), "--weights", str(keras2_weights),
+            "--image-size", str(SIZE), "--epochs", "2", "--batch-size", "8", "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "Epoch 2/2" in res.output and "best epoch" in res.output
+    for name in ("model.keras", "history.json", "run.json", "curves.png"):
+        assert (out / name).is_file(), name
+    hist = json.loads((out / "history.json").read_text())
+    assert set(hist) == {"loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy"}
+    assert all(len(v) == 2 for v in hist.values())
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["split"]["train"]) + len(run["split"]["val"]) == 24
+    assert run["config"]["lr"] == 0.001 and run["config"]["augment"]["shear_range"] == 0.2
+    model = keras.models.load_model(out / "model.keras")
+    assert model.input_shape == (None, SIZE, SIZE, 3) and model.output_shape == (None, 4)
+    # a second run into the same folder must not replace the model without --overwrite
+    before = (out / "model.keras").stat().st_mtime_ns
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert (out / "model.keras").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--val-split", "1.0"], "--val-split must be between 0 and 1"),
+        (["--augment", "rotation_range=400"], "rotation_range"),
+        (["--weights", "/nonexistent/w.h5"], "file not found"),
+        (["--train-layers", "5"], "--train-layers must be 1, 2 or 3"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, tiny_h5, args, match):
+    res = CliRunner().invoke(app, ["train", "--data", str(tiny_h5), "--weights", "none", "--image-size", str(SIZE),
+                                   "--out", str(tmp_path / "o"), *args])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert match in res.output
+    assert "Traceback" not in res.output
+
+
+def _head_weights(run) -> list[np.ndarray]:
+    model = keras.models.load_model(run.model_path)
+    return [w for layer in model.layers if layer.name == "predictions" for w in layer.get_weights()]
+
+
+def test_cached_equals_uncached_at_fp32(tmp_path, tiny_h5, keras2_weights):
+    """Same seed, same augmented views: a head trained from the store ends with the same weights."""
+    common = dict(FAST, data=str(tiny_h5), weights=str(keras2_weights), precision="fp32", xla="off",
+                  augment="tp", train_layers=2)  # fmt: skip
+    live = train(**common, out=str(tmp_path / "live"))
+    cached = train(**common, out=str(tmp_path / "cached"), cache=True, cache_dir=str(tmp_path / "c"),
+                   cache_dtype="float32")  # fmt: skip
+    for k in live.history:
+        np.testing.assert_allclose(live.history[k], cached.history[k], rtol=1e-4, atol=1e-5)
+    for a, b in zip(_head_weights(live.runs[0]), _head_weights(cached.runs[0]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # the store is shared by a later run with another head and seed: a hit, nothing rebuilt
+    entries = list((tmp_path / "c").iterdir())
+    again = train(**dict(common, train_layers=1, seed=5), out=str(tmp_path / "again"), cache=True,
+                  cache_dir=str(tmp_path / "c"), cache_dtype="float32")  # fmt: skip
+    assert list((tmp_path / "c").iterdir()) == entries and again.runs[0].stopped_epoch >= 1
+
+
+def test_same_seed_same_numbers(tmp_path, tiny_h5):
+    common = dict(FAST, data=str(tiny_h5), weights="none", cache=True, cache_dir=str(tmp_path / "c"))
+    a = train(**common, out=str(tmp_path / "a"))
+    b = train(**common, out=str(tmp_path / "b"))
+    assert a.history == b.history
+    c = train(**common, out=str(tmp_path / "c2"), seed=1)
+    assert c.history != a.history
+
+
+def test_faithful_mode_uses_the_notebook_step_counts(tmp_path, tiny_h5):
+    r = train(**dict(FAST, epochs=1, batch_size=5), data=str(tiny_h5), weights="none", faithful=True,
+              out=str(tmp_path / "f"))  # fmt: skip
+    run = r.runs[0].record
+    n_val, n_train = len(run["split"]["val"]), len(run["split"]["train"])
+    assert run["validation_images_per_epoch"] == n_val // 5 * 5 < n_val  # 5 of 8, as validation_steps = 8 // 5
+    assert run["training_images_per_epoch"] == n_train // 5 * 5 < n_train
+
+
+def test_repeats_use_different_splits(tmp_path, tiny_h5):
+    r = train(**dict(FAST, epochs=1), data=str(tiny_h5), weights="none", repeats=2, cache=True,
+              cache_dir=str(tmp_path / "c"), out=str(tmp_path / "rep"))  # fmt: skip
+    assert len(r.runs) == 2 and (tmp_path / "rep" / "summary.json").is_file()
+    assert r.runs[0].record["split"]["val"] != r.runs[1].record["split"]["val"]
+
+
+def test_stratified_split_properties():
+    labels = np.repeat(np.arange(10), [15, 26, 20, 21, 22, 20, 21, 22, 23, 20])  # unbalanced like the course
+    tr, va = stratified_split(labels, 0.3, seed=0)
+    assert len(va) == 63 and len(tr) == len(labels) - 63  # ceil(0.3 * 210), as train_test_split
+    assert set(labels[va]) == set(range(10)) and set(labels[tr]) == set(range(10))
+    assert not set(tr) & set(va)
+    tr2, va2 = stratified_split(labels, 0.3, seed=1)
+    assert not np.array_equal(va, va2)
+    with pytest.raises(UserError, match="at least 2 per class"):
+        stratified_split(np.array([0, 0, 1]), 0.3, 0)
+    with pytest.raises(UserError, match="single class"):
+        stratified_split(np.zeros(5, int), 0.3, 0)
