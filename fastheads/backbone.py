@@ -12,6 +12,7 @@ under a chosen precision and optionally XLA-compiled.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,3 +242,25 @@ def frozen_fn(model, cut: str, precision: str = "fp32", xla: bool = False):
         return tf.cast(x, tf.float32)
 
     return tf.function(forward, jit_compile=xla, reduce_retracing=True)
+
+
+@dataclass
+class Backbone:
+    """The loaded VGG16, its frozen function, and how it was set up (for run.json and the cache key)."""
+
+    vgg: object
+    base_fn: Callable
+    weights_desc: str
+    precision: str
+    xla: bool
+    pristine_top: dict  # fc1/fc2 weights as loaded, restored before every repeat
+
+
+def prepare(weights: str, arch: str, image_size: int, precision: str, xla: str) -> Backbone:
+    """Build VGG16, load its weights (random ones always from seed 0), compile the frozen part."""
+    vgg = build_vgg16(image_size)
+    desc = load_weights(vgg, weights, need_top=arch == "vgg16", seed=0)
+    prec, use_xla = resolve_precision(precision), resolve_xla(xla)
+    fn = frozen_fn(vgg, cut_layer(arch), prec, use_xla)
+    pristine = {n: vgg.get_layer(n).get_weights() for n in ("fc1", "fc2")}
+    return Backbone(vgg, fn, desc, prec, use_xla, pristine)

@@ -6,18 +6,20 @@ them apart, except that epoch e reads view 1 + (e mod K) instead of computing vi
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from fastheads.augment import AugmentSpec
 from fastheads.backbone import cut_layer
 from fastheads.cache_key import KeyInputs, pixels_hash, weights_identity
 from fastheads.config import TrainConfig
 from fastheads.data import ImageSet
 from fastheads.errors import UserError
-from fastheads.feature_store import DamagedEntry, FeatureStore
+from fastheads.feature_store import DamagedEntry, FeatureStore, entry_meta
 from fastheads.preprocess import RESIZE_METHOD
 
 
@@ -128,3 +130,69 @@ def store_for_training(cfg: TrainConfig, ds: ImageSet, images: np.ndarray, bb, s
     if not entry.complete:
         repair()
     return StoreSource(entry, repair)
+
+
+def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureStore:
+    """Build (or resume, or find) the entry a training run with `cfg` would use; nothing is trained."""
+    from fastheads.backbone import prepare
+    from fastheads.data import load_images
+    from fastheads.preprocess import resize_images
+
+    cfg.validate()
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise UserError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}.")
+    say: Callable[[str], None] = print if cfg.verbose else (lambda s: None)
+    ds = load_images(cfg.data, cfg.classes, cfg.labels_csv)
+    bb = prepare(cfg.weights, cfg.arch, cfg.image_size, cfg.precision, cfg.xla)
+    entry = open_entry(cfg, ds, bb.vgg, bb.precision, bb.xla)
+    if entry.complete:
+        say(f"fastheads: feature store hit: {entry.path}")
+        return entry
+    images = resize_images(ds.images, cfg.image_size)
+    complete = build_entry(entry, bb.base_fn, images, cfg, say, shard)
+    say(f"fastheads: entry {entry.key} " + ("complete" if complete else f"has its shard {i}/{n} done"))
+    return entry
+
+
+def describe_entry(path: Path) -> dict:
+    """A human summary of one entry for `fastheads cache ls`."""
+    meta = entry_meta(path).get("key_inputs", {})
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    n_units = -(-meta.get("n_images", 0) * (1 + meta.get("views", 0)) // max(meta.get("unit", 32), 1))
+    done = len(list((path / "units").glob("u*.json"))) if (path / "units").is_dir() else 0
+    aug = json.loads(meta["augment"]) if "augment" in meta else {}
+    try:
+        aug_text = AugmentSpec(**{**aug, "zoom_range": tuple(aug.get("zoom_range", (1, 1)))}).describe()
+    except TypeError:
+        aug_text = "?"
+    return {
+        "key": path.name,
+        "status": "complete" if (path / "COMPLETE").is_file() else f"partial {done}/{n_units} units",
+        "images": meta.get("n_images"),
+        "views": meta.get("views"),
+        "cut": meta.get("cut"),
+        "size": meta.get("image_size"),
+        "precision": meta.get("precision"),
+        "dtype": meta.get("dtype"),
+        "weights": str(meta.get("weights", "?"))[:19],
+        "augment": aug_text,
+        "bytes": size,
+    }
+
+
+def verify_entry(path: Path) -> str:
+    """'ok', 'partial (not checked)', or 'DAMAGED: n rows' (then its damaged units are forgotten)."""
+    meta = entry_meta(path).get("key_inputs")
+    if not meta or not (path / "COMPLETE").is_file():
+        return "partial (not checked)"
+    inputs = KeyInputs(**meta)
+    import zarr
+
+    shape = tuple(zarr.open_array(str(path / "features"), mode="r").shape[2:])
+    entry = FeatureStore(path, inputs, shape)
+    bad = entry.verify()
+    if not bad:
+        return "ok"
+    entry.invalidate({entry.unit_of(i, v) for i, v in bad})
+    return f"DAMAGED: {len(bad)} rows; they will be rebuilt on next use"

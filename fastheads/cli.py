@@ -79,62 +79,79 @@ def _course_defaults(
     return str(data), (str(classes) if classes else None), weights or "imagenet"
 
 
+Labels = Annotated[
+    Path | None, typer.Option("--labels", help="For a folder of images: the labels CSV (columns file,label).")
+]  # noqa: E501
+Weights = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="imagenet (downloads), none (random: tests and demos only), or a path to vgg16_weights.h5 / a Keras 3 .weights.h5 file.",
+    ),
+]  # noqa: E501
+Arch = Annotated[
+    str,
+    typer.Option(
+        "--arch",
+        help="vgg16: the course's heads on fc2; v2: block5 removed, new 4096-4096 head on block4_pool (question 3).",
+    ),
+]  # noqa: E501
+ImageSize = Annotated[
+    int,
+    typer.Option("--image-size", help="Images are resized (antialiased bilinear) to this square size; VGG16's is 224."),
+]  # noqa: E501
+Augment = Annotated[
+    str,
+    typer.Option(
+        "--augment",
+        help='Preset (tp, tp-q7, none) or ImageDataGenerator arguments, e.g. "rotation_range=10,zoom_range=[0.8,1.4],horizontal_flip=true".',
+    ),
+]  # noqa: E501
+AugmentSeed = Annotated[
+    int,
+    typer.Option(
+        "--augment-seed", help="Seed of the augmentation draws; kept across repeats so they share a feature store."
+    ),
+]  # noqa: E501
+Epochs = Annotated[int, typer.Option("--epochs", help="Maximum number of epochs.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Precision of the frozen base: auto, fp32, bf16, fp16. auto is bf16 where the hardware has it.",
+    ),
+]  # noqa: E501
+Xla = Annotated[str, typer.Option("--xla", help="XLA-compile the frozen base: auto (on for GPUs), on, off.")]
+Views = Annotated[
+    int | None, typer.Option("--views", help="Augmented views per image in the feature store (default: --epochs).")
+]  # noqa: E501
+CacheDir = Annotated[str, typer.Option("--cache-dir", help="Root folder of the feature store.")]
+CacheDtype = Annotated[str, typer.Option("--cache-dtype", help="float16 (default, half the size) or float32.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="Print only errors.")]
+
+
 @app.command()
 def train(
     data: Data = None,
     course: Course = None,
     classes: Classes = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option("--labels", help="For a folder of images: the labels CSV (columns file,label)."),
-    ] = None,  # noqa: E501
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            "--weights",
-            help="imagenet (downloads), none (random: tests and demos only), or a path to vgg16_weights.h5 / a Keras 3 .weights.h5 file.",
-        ),
-    ] = None,  # noqa: E501
-    arch: Annotated[
-        str,
-        typer.Option(
-            "--arch",
-            help="vgg16: the course's heads on fc2; v2: block5 removed, new 4096-4096 head on block4_pool (question 3).",
-        ),
-    ] = "vgg16",  # noqa: E501
+    labels: Labels = None,
+    weights: Weights = None,
+    arch: Arch = "vgg16",
     train_layers: Annotated[
         int, typer.Option("--train-layers", help="1: only the new output layer; 2: also fc2; 3: also fc1.")
     ] = 1,  # noqa: E501
-    image_size: Annotated[
-        int,
-        typer.Option(
-            "--image-size",
-            help="Images are resized (antialiased bilinear) to this square size; VGG16's is 224.",
-        ),
-    ] = 224,  # noqa: E501
-    augment: Annotated[
-        str,
-        typer.Option(
-            "--augment",
-            help='Preset (tp, tp-q7, none) or ImageDataGenerator arguments, e.g. "rotation_range=10,zoom_range=[0.8,1.4],horizontal_flip=true".',
-        ),
-    ] = "tp",  # noqa: E501
-    augment_seed: Annotated[
-        int,
-        typer.Option(
-            "--augment-seed",
-            help="Seed of the augmentation draws; kept across repeats so they share a feature store.",
-        ),
-    ] = 0,  # noqa: E501
+    image_size: ImageSize = 224,
+    augment: Augment = "tp",
+    augment_seed: AugmentSeed = 0,
     lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.001,
     momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.7,
     nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.")] = True,
     decay: Annotated[float, typer.Option("--decay", help="Keras 2 SGD decay: lr / (1 + decay * iterations).")] = 1e-6,  # noqa: E501
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per training step.")] = 32,
-    epochs: Annotated[int, typer.Option("--epochs", help="Maximum number of epochs.")] = 13,
+    epochs: Epochs = 13,
     patience: Annotated[
-        int,
-        typer.Option("--patience", help="EarlyStopping: epochs without improvement of --monitor before stopping."),
+        int, typer.Option("--patience", help="EarlyStopping: epochs without improvement of --monitor before stopping.")
     ] = 3,  # noqa: E501
     monitor: Annotated[
         str,
@@ -147,12 +164,10 @@ def train(
         float, typer.Option("--val-split", help="Fraction of images held out for validation (stratified).")
     ] = 0.3,  # noqa: E501
     seed: Annotated[
-        int,
-        typer.Option("--seed", help="Seed of the split, the new layers' initial weights and the batch order."),
+        int, typer.Option("--seed", help="Seed of the split, the new layers' initial weights and the batch order.")
     ] = 0,  # noqa: E501
     repeats: Annotated[
-        int,
-        typer.Option("--repeats", help="Number of runs, each with its own split and seed (seed, seed+1, ...)."),
+        int, typer.Option("--repeats", help="Number of runs, each with its own split and seed (seed, seed+1, ...).")
     ] = 1,  # noqa: E501
     faithful: Annotated[
         bool,
@@ -161,40 +176,25 @@ def train(
             help="Reproduce the notebook's quirks: steps_per_epoch = n_train // batch and validation on n_val // batch batches.",
         ),
     ] = False,  # noqa: E501
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="Precision of the frozen base: auto, fp32, bf16, fp16. auto is bf16 where the hardware has it.",
-        ),
-    ] = "auto",  # noqa: E501
-    xla: Annotated[
-        str, typer.Option("--xla", help="XLA-compile the frozen base: auto (on for GPUs), on, off.")
-    ] = "auto",  # noqa: E501
+    precision: Precision = "auto",
+    xla: Xla = "auto",
     cache: Annotated[
         bool,
         typer.Option(
-            "--cache",
-            help="Read features from the feature store (built first if needed): later runs take seconds.",
+            "--cache", help="Read features from the feature store (built first if needed): later runs take seconds."
         ),
     ] = False,  # noqa: E501
-    views: Annotated[
-        int | None,
-        typer.Option("--views", help="Augmented views per image in the feature store (default: --epochs)."),
-    ] = None,  # noqa: E501
-    cache_dir: Annotated[str, typer.Option("--cache-dir", help="Root folder of the feature store.")] = "cache",
-    cache_dtype: Annotated[
-        str, typer.Option("--cache-dtype", help="float16 (default, half the size) or float32.")
-    ] = "float16",  # noqa: E501
+    views: Views = None,
+    cache_dir: CacheDir = "cache",
+    cache_dtype: CacheDtype = "float16",
     out: Annotated[
         Path, typer.Option("--out", help="Folder for model.keras, history.json, run.json, curves.png.")
     ] = Path("runs/latest"),  # noqa: E501
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in --out.")] = False,  # noqa: E501
     resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue an interrupted run in --out from its last finished epoch."),
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last finished epoch.")
     ] = False,  # noqa: E501
-    quiet: Annotated[bool, typer.Option("--quiet", help="Print only errors.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Retrain VGG16's last layer(s) on your images, as the course notebook does, and export model.keras."""
 
@@ -212,6 +212,119 @@ def train(
             cache_dtype=cache_dtype, out=str(out), overwrite=overwrite, resume=resume, verbose=not quiet,
         )  # fmt: skip
         run_train(cfg)
+
+    guarded(body)
+
+
+# --------------------------------------------------------------------------- cache
+
+cache_app = typer.Typer(no_args_is_help=True, help="Build, list, check and remove feature-store entries.")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("build")
+def cache_build(
+    data: Data = None,
+    course: Course = None,
+    labels: Labels = None,
+    weights: Weights = None,
+    arch: Arch = "vgg16",
+    image_size: ImageSize = 224,
+    augment: Augment = "tp",
+    augment_seed: AugmentSeed = 0,
+    epochs: Epochs = 13,
+    views: Views = None,
+    precision: Precision = "auto",
+    xla: Xla = "auto",
+    cache_dir: CacheDir = "cache",
+    cache_dtype: CacheDtype = "float16",
+    shard: Annotated[
+        str,
+        typer.Option(
+            "--shard", help="Build only share i of n (as i/n) of the entry, e.g. on n machines sharing one store."
+        ),
+    ] = "0/1",  # noqa: E501
+    quiet: Quiet = False,
+) -> None:
+    """Compute the features a `train --cache` run with the same options would use, without training."""
+
+    def body() -> None:
+        from fastheads.cache import build_cache
+        from fastheads.config import make_config
+
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise UserError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}.") from None
+        d, _, w = _course_defaults(course, data, None, weights)
+        cfg = make_config(
+            data=d, labels_csv=str(labels) if labels else None, weights=w, arch=arch, image_size=image_size,
+            augment=augment, augment_seed=augment_seed, epochs=epochs, views=views, precision=precision,
+            xla=xla, cache_dir=cache_dir, cache_dtype=cache_dtype, verbose=not quiet,
+        )  # fmt: skip
+        build_cache(cfg, (i, n))
+
+    guarded(body)
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: CacheDir = "cache") -> None:
+    """List the entries: key, what they hold, size on disk, complete or partial."""
+
+    def body() -> None:
+        from fastheads.cache import describe_entry
+        from fastheads.feature_store import list_entries
+
+        entries = list_entries(cache_dir)
+        if not entries:
+            typer.echo(f"no feature-store entries under {cache_dir}")
+            return
+        for path in entries:
+            d = describe_entry(path)
+            typer.echo(
+                f"{d['key']}  {d['status']:<22} {d['images']} images x {d['views']} views at {d['cut']}, "
+                f"{d['size']}px, {d['precision']}/{d['dtype']}, weights {d['weights']}, augment {d['augment']}, "
+                f"{d['bytes'] / 1e6:.1f} MB"
+            )
+
+    guarded(body)
+
+
+@cache_app.command("rm")
+def cache_rm(
+    key: Annotated[str | None, typer.Argument(help="The entry's key, as `fastheads cache ls` prints it.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Remove every entry.")] = False,
+    cache_dir: CacheDir = "cache",
+) -> None:
+    """Remove one entry, or all of them."""
+
+    def body() -> None:
+        from fastheads.feature_store import list_entries, remove_entry
+
+        if all_ == (key is not None):
+            raise UserError("give either a KEY or --all.")
+        keys = [p.name for p in list_entries(cache_dir)] if all_ else [key]
+        for k in keys:
+            typer.echo(f"removed {remove_entry(cache_dir, k)}")
+
+    guarded(body)
+
+
+@cache_app.command("verify")
+def cache_verify(cache_dir: CacheDir = "cache") -> None:
+    """Re-read every complete entry and check each row against its checksum; damaged ones are marked for rebuild."""
+
+    def body() -> None:
+        from fastheads.cache import verify_entry
+        from fastheads.feature_store import list_entries
+
+        damaged = 0
+        for path in list_entries(cache_dir):
+            status = verify_entry(path)
+            damaged += status != "ok"
+            typer.echo(f"{path.name}  {status}")
+        if damaged:
+            raise typer.Exit(1)
 
     guarded(body)
 
@@ -242,6 +355,14 @@ def demo(
         typer.echo(f"fastheads demo: done; see {out / 'run'} (model.keras, history.json, run.json, curves.png).")
 
     guarded(body)
+
+
+try:
+    from fastheads.cli_evaluate import register as _register_evaluate
+
+    _register_evaluate(app)
+except ImportError:  # pragma: no cover
+    pass
 
 
 def main() -> None:

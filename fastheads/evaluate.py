@@ -298,12 +298,7 @@ def _write_gradcam(out: Path, model, ds: ImageSet, labels, probs, names, size, l
     from fastheads.gradcam import find_last_conv, gradcam, upsample
 
     pred = probs.argmax(axis=1)
-    wrong = [i for i in range(len(labels)) if pred[i] != labels[i]]
-    right = [i for i in range(len(labels)) if pred[i] == labels[i]]
-    room = max(0, GRADCAM_MAX - len(wrong))
-    picked = sorted(
-        wrong[:GRADCAM_MAX] + [right[j] for j in np.linspace(0, len(right) - 1, min(room, len(right)), dtype=int)]
-    )
+    picked = _gradcam_selection(labels, pred)
     x = preprocess([ds.image(i) for i in picked], size)
     cams = gradcam(model, x, pred[picked], layer)
     images = [ds.image(i) for i in picked]
@@ -313,5 +308,18 @@ def _write_gradcam(out: Path, model, ds: ImageSet, labels, probs, names, size, l
     conv = find_last_conv(model, layer)[-1].name
     note = f"Grad-CAM on {conv} for the predicted class (red: where it looked); green caption correct, red wrong"
     if len(picked) < len(labels):
-        note += f"; {len(picked)} of {len(labels)} images, the misclassified first"
+        note += f"; {len(picked)} of {len(labels)} images, mostly misclassified ones"
     return figures.image_grid(images, caps, out / "gradcam.png", f"{title}\n{note}", colours, heat)
+
+
+def _gradcam_selection(labels: np.ndarray, pred: np.ndarray) -> list[int]:
+    """Up to GRADCAM_MAX images: the misclassified (at most two thirds), then correct ones spread over the set.
+
+    Correct images stay in the grid because a map only means something next to ones that worked.
+    """
+    wrong = np.flatnonzero(pred != labels)
+    right = np.flatnonzero(pred == labels)
+    n_wrong = min(len(wrong), max(GRADCAM_MAX - len(right), 2 * GRADCAM_MAX // 3))
+    n_right = min(len(right), GRADCAM_MAX - n_wrong)
+    spread = right[np.linspace(0, len(right) - 1, n_right).round().astype(int)] if n_right else right[:0]
+    return sorted(int(i) for i in np.concatenate([wrong[:n_wrong], spread]))

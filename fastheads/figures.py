@@ -19,9 +19,22 @@ from fastheads.runio import atomic_write
 MAX_GRID = 64  # images per grid: beyond that thumbnails get too small to read
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, palette: bool = False) -> Path:
+    """`palette`: 256 colours, for grids of photos, which otherwise weigh megabytes as PNG."""
     plt = _pyplot()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"), suffix=".png")
+    if not palette:
+        atomic_write(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"), suffix=".png")
+    else:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        buf.seek(0)
+        with Image.open(buf) as im:
+            small = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        atomic_write(path, lambda p: small.save(p, format="PNG", optimize=True), suffix=".png")
     plt.close(fig)
     return Path(path)
 
@@ -84,12 +97,14 @@ def image_grid(
         if i >= n:
             continue
         ax.imshow(_display(images[i]))
-        if heatmaps is not None:
-            ax.imshow(heatmaps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        if heatmaps is not None:  # opaque where the network looked, clear elsewhere: the image stays readable
+            overlay = plt.get_cmap("jet")(heatmaps[i])
+            overlay[..., 3] = 0.75 * heatmaps[i] ** 1.5
+            ax.imshow(overlay)
         ax.set_title(captions[i], fontsize=8, color=(colours[i] if colours else "black"))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, palette=True)
 
 
 def caption(true: str, predicted: str, probability: float) -> str:

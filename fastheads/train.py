@@ -48,29 +48,6 @@ class TrainResult:
         return self.runs[0].history
 
 
-@dataclass
-class Backbone:
-    """The loaded VGG16, its frozen function, and how it was set up (for run.json)."""
-
-    vgg: object
-    base_fn: Callable
-    weights_desc: str
-    precision: str
-    xla: bool
-    pristine_top: dict  # fc1/fc2 weights as loaded, restored before every repeat
-
-
-def prepare_backbone(cfg: TrainConfig) -> Backbone:
-    vgg = backbone.build_vgg16(cfg.image_size)
-    need_top = cfg.arch == "vgg16"
-    desc = backbone.load_weights(vgg, cfg.weights, need_top=need_top, seed=0)
-    precision = backbone.resolve_precision(cfg.precision)
-    xla = backbone.resolve_xla(cfg.xla)
-    fn = backbone.frozen_fn(vgg, backbone.cut_layer(cfg.arch), precision, xla)
-    pristine = {n: vgg.get_layer(n).get_weights() for n in ("fc1", "fc2")}
-    return Backbone(vgg, fn, desc, precision, xla, pristine)
-
-
 def _improved(monitor: str, current: float, best: float) -> bool:
     return current < best if monitor.endswith("loss") else current > best
 
@@ -101,7 +78,7 @@ def train(config: TrainConfig | None = None, **kwargs) -> TrainResult:
     say: Callable[[str], None] = print if cfg.verbose else (lambda s: None)
     ds = load_images(cfg.data, cfg.classes, cfg.labels_csv)
     out = check_out_dir(cfg)
-    bb = prepare_backbone(cfg)
+    bb = backbone.prepare(cfg.weights, cfg.arch, cfg.image_size, cfg.precision, cfg.xla)
     say(f"fastheads: {len(ds)} images, {ds.n_classes} classes from {ds.source}")
     say(f"fastheads: {bb.weights_desc}; frozen base at {bb.precision}, XLA {'on' if bb.xla else 'off'}")
     images = resize_images(ds.images, cfg.image_size)
@@ -140,7 +117,7 @@ def summarize(cfg: TrainConfig, runs: list[RunResult]) -> dict:
     }
 
 
-def make_head(cfg: TrainConfig, bb: Backbone, n_classes: int, seed: int):
+def make_head(cfg: TrainConfig, bb: backbone.Backbone, n_classes: int, seed: int):
     import keras
 
     for name, w in bb.pristine_top.items():
@@ -171,7 +148,7 @@ def epoch_batches(cfg: TrainConfig, seed: int, epoch: int, n_train: int, n_val: 
 def train_one(
     cfg: TrainConfig,
     ds: ImageSet,
-    bb: Backbone,
+    bb: backbone.Backbone,
     source: FeatureSource,
     seed: int,
     run_dir: Path,

@@ -1,0 +1,5 @@
+"""`python -m fastheads` is the `fastheads` command."""
+
+from fastheads.cli import main
+
+main()
