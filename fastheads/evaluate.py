@@ -61,8 +61,16 @@ def load_model(path: str | Path):
         raise UserError(
             f"{path}: expected a Keras model file ending in .keras or .h5, got {path.suffix or 'no suffix'}."
         )
+    import zipfile
+
+    import h5py
     import keras
 
+    # Keras answers a non-zip .keras with "File not found"; name the real problem instead.
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a Keras model (a .keras file is a zip archive; this one is not).")
+    if path.suffix.lower() != ".keras" and not h5py.is_hdf5(path):
+        raise UserError(f"{path}: not a Keras model (a .h5 model is an HDF5 file; this one is not).")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras raises half a dozen types for "not a model"; all mean the same to the user
@@ -182,8 +190,14 @@ def evaluate(
     say = print if verbose else (lambda s: None)
     model_path = Path(model_path)
     names = _class_names(classes, model_path)
+    if gradcam and out is None:
+        raise UserError("Grad-CAM needs an output folder (out=...) to write gradcam.png into.")
     model = load_model(model_path)
     size = model_contract(model, len(names), str(model_path))
+    if gradcam:
+        from fastheads.gradcam import find_last_conv
+
+        find_last_conv(model, gradcam_layer)  # fail before the long part, not after it
     ds = data if isinstance(data, ImageSet) else load_images(data, None, labels_csv)
     from fastheads.data import check_labels
 
@@ -208,8 +222,6 @@ def evaluate(
             cam_args = (model, ds, labels, probs, names, size, gradcam_layer, title)
             result.paths["gradcam"] = _write_gradcam(Path(out), *cam_args)
         say("fastheads: wrote " + ", ".join(str(p) for p in result.paths.values()))
-    elif gradcam:
-        raise UserError("Grad-CAM needs an output folder (out=...) to write gradcam.png into.")
     return result
 
 

@@ -116,13 +116,14 @@ def plot_runs(groups: Sequence[dict], path: str | Path, title: str) -> Path:
     """Accuracy and loss per epoch of several configurations; each line is the mean over its repeats.
 
     `groups`: dicts with `label` and `histories` (a list of Keras History dicts). The band is
-    ± 1 standard deviation over the repeats that reached that epoch (early stopping ends
-    repeats at different epochs).
+    ± 1 standard deviation over the repeats. Early stopping ends repeats at different epochs:
+    past the first stop the mean is over fewer runs, so that stretch is drawn faded.
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=100)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     panels = ((axes[0], ACCURACY_KEYS, "accuracy"), (axes[1], ("loss",), "loss"))
+    handles = []
     for g, group in enumerate(groups):
         colour = colours[g % len(colours)]
         n = len(group["histories"])
@@ -133,11 +134,14 @@ def plot_runs(groups: Sequence[dict], path: str | Path, title: str) -> Path:
                     continue
                 mean, std = _mean_band(curves)
                 epochs = np.arange(1, len(mean) + 1)
-                split = "validation" if prefix else "train"
-                label = f"{group['label']} ({split}, {n} run{'s' if n > 1 else ''})"
-                ax.plot(epochs, mean, style, color=colour, label=label, marker="o", markersize=3)
+                full = min(len(c) for c in curves)  # every repeat still training up to here
+                line = ax.plot(epochs[:full], mean[:full], style, color=colour, marker="o", markersize=3)[0]
+                ax.plot(epochs[full - 1 :], mean[full - 1 :], style, color=colour, marker="o", markersize=2, alpha=0.35)
                 if len(curves) > 1:
                     ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+                if ax is axes[0] and not prefix:
+                    line.set_label(f"{group['label']} ({n} run{'s' if n > 1 else ''})")
+                    handles.append(line)
     for ax, _, name in panels:
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
@@ -145,13 +149,13 @@ def plot_runs(groups: Sequence[dict], path: str | Path, title: str) -> Path:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_ylim(0, 1.02)
-    handles, labels = axes[0].get_legend_handles_labels()
+    ncol = min(3, max(1, len(handles)))
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(2, len(handles)), fontsize=8, frameon=False)
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
     wrapped = "\n".join(textwrap.wrap(title, 110))
-    fig.suptitle(f"{wrapped}\nmean over repeats, band ± 1 std", fontsize=10)
-    rows = -(-len(handles) // 2) if handles else 0
-    fig.tight_layout(rect=(0, min(0.45, 0.04 + 0.035 * rows), 1, 1))
+    fig.suptitle(f"{wrapped}\nmean over repeats, band ± 1 std; faded where some repeats had stopped", fontsize=10)
+    rows = -(-len(handles) // ncol)
+    fig.tight_layout(rect=(0, min(0.4, 0.02 + 0.045 * rows), 1, 1))
     return _save(fig, path)
 
 

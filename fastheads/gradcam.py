@@ -20,15 +20,15 @@ import numpy as np
 from fastheads.errors import UserError
 
 
-def _conv_layers(model) -> list:
-    """Every Conv2D in graph order, nested models included, as (owner path, layer)."""
+def _conv_layers(model) -> list[tuple]:
+    """Every Conv2D in graph order, nested models included, each as its path: (outer..., layer)."""
     import keras
 
-    found = []
+    found: list[tuple] = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             found += [(layer, *rest) for rest in _conv_layers(layer)]
-        elif isinstance(layer, keras.layers.Conv2D) and len(layer.output.shape) == 4:
+        elif isinstance(layer, keras.layers.Conv2D):
             found.append((layer,))
     return found
 
@@ -36,7 +36,7 @@ def _conv_layers(model) -> list:
 def find_last_conv(model, name: str | None = None) -> tuple:
     """The layer Grad-CAM looks at: `name` if given, else the last Conv2D (block5_conv3, or block4_conv3 for v2).
 
-    Returns the path to it: (layer,) at the top level, (nested_model, layer) inside one.
+    Returns the path to it: (layer,) at the top level, (nested_model, ..., layer) inside one.
     """
     convs = _conv_layers(model)
     if name is not None:
@@ -45,10 +45,7 @@ def find_last_conv(model, name: str | None = None) -> tuple:
             raise UserError(f"Grad-CAM: the model has no convolutional layer named {name!r}.")
     if not convs:
         raise UserError("Grad-CAM: the model has no 2-D convolutional layer to look at.")
-    path = convs[-1]
-    if len(path) > 2:
-        raise UserError(f"Grad-CAM: layer {path[-1].name} is nested more than one model deep; not supported.")
-    return path
+    return convs[-1]
 
 
 def _is_softmax_dense(layer) -> bool:
@@ -58,29 +55,42 @@ def _is_softmax_dense(layer) -> bool:
 
 
 def _forward_fn(model, path: tuple) -> Callable:
-    """x -> (conv activations, input of the last layer or the output): the two tensors Grad-CAM needs."""
+    """x -> (conv activations, input of the last layer or the output): the two tensors Grad-CAM needs.
+
+    A conv layer in the model's own graph: one sub-model. Otherwise (a nested base, or layers
+    shared with another model, whose `.output` is ambiguous) the layers are run as a chain.
+    """
     import keras
 
     last = model.layers[-1]
     use_logits = _is_softmax_dense(last)
-    if len(path) == 1:  # the conv layer is in the model's own graph: one sub-model does it
-        head_out = last.input if use_logits else model.outputs[0]
-        sub = keras.Model(model.inputs, [path[0].output, head_out])
-        return lambda x: tuple(sub(x, training=False))
-    nested, conv = path
-    inner = keras.Model(nested.inputs, [conv.output, nested.outputs[0]])
-    layers = [la for la in model.layers if not isinstance(la, keras.layers.InputLayer)]
-    if layers[0] is not nested:
-        raise UserError(f"Grad-CAM: the nested model {nested.name} holding {conv.name} is not the model's first layer.")
-    rest = layers[1:-1] if use_logits else layers[1:]
+    if len(path) == 1:
+        try:
+            head_out = last.input if use_logits else model.outputs[0]
+            sub = keras.Model(model.inputs, [path[0].output, head_out])
+            return lambda x: tuple(sub(x, training=False))
+        except (ValueError, AttributeError):
+            pass
+    chain = [la for la in model.layers if not isinstance(la, keras.layers.InputLayer)]
+    return lambda x: _run_chain(chain[:-1] if use_logits else chain, x, path)
 
-    def run(x):
-        act, y = inner(x, training=False)
-        for layer in rest:
-            y = layer(y, training=False)
-        return act, y
 
-    return run
+def _run_chain(layers: list, x, path: tuple):
+    """Apply `layers` in order, keeping the activation of path[-1] (descending into nested models)."""
+    import keras
+
+    act = None
+    for layer in layers:
+        if layer is path[0] and len(path) > 1:
+            inner = [la for la in layer.layers if not isinstance(la, keras.layers.InputLayer)]
+            act, x = _run_chain(inner, x, path[1:])
+        else:
+            x = layer(x, training=False)
+            if layer is path[0]:
+                act = x
+    if act is None:
+        raise UserError(f"Grad-CAM: could not reach layer {path[-1].name} by running the model's layers in order.")
+    return act, x
 
 
 def gradcam(model, x, classes: np.ndarray | None = None, layer: str | None = None, batch_size: int = 16) -> np.ndarray:

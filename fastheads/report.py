@@ -170,6 +170,20 @@ def _group(runs: list[dict]) -> list[dict]:
     return out
 
 
+def _default_title(groups: list[dict], n_runs: int) -> str:
+    """What the runs share, then how many there are: the figure's title when none is given."""
+    configs = [g["config"] for g in groups if g["config"]]
+    count = f"{n_runs} run{'s' if n_runs > 1 else ''}"
+    if not configs:
+        return count
+    if len(groups) == 1:
+        return f"{describe_config(configs[0])}: {count}"
+    shared = [k for k in ("arch", "train_layers", "augment", "lr", "epochs")
+              if all(k in c and c[k] == configs[0][k] for c in configs)]  # fmt: skip
+    common = ", ".join(_setting(k, configs[0][k]) for k in shared if k != "arch" or configs[0][k] == "v2")
+    return f"VGG16{', ' + common if common else ''}: {len(groups)} configurations, {count}"
+
+
 def _stats(values: list) -> dict:
     vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not vals:
@@ -182,13 +196,11 @@ def report_runs(run_dirs: list[Path], out: Path, title: str) -> dict:
     runs = [load_run(d) for d in expand_run_dirs(list(run_dirs))]
     groups = _group(runs)
     out = Path(out)
-    if not title:
-        configs = [g["config"] for g in groups if g["config"]]
-        title = describe_config(configs[0]) if len(groups) == 1 and configs else f"{len(runs)} runs"
+    title = title or _default_title(groups, len(runs))
     summary = [
         {"configuration": g["label"], "runs": len(g["runs"]),
          **{f"{m}_{s}": v for m in ("best_value", "final_val_accuracy", "holdout_accuracy")
-            for s, v in _stats([r[m] for r in g["runs"]]).items() if s != "n"}}
+            for s, v in _stats([r[m] for r in g["runs"]]).items()}}
         for g in groups
     ]  # fmt: skip
     rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs]
@@ -232,8 +244,15 @@ def _markdown(title: str, rows: list[dict], summary: list[dict]) -> str:
                   f"| configuration | runs | {best} | final val acc | holdout acc |", "|---|---|---|---|---|"]  # fmt: skip
         for s in summary:
             cells = [s["configuration"], s["runs"]] + [
-                "–" if s[f"{m}_mean"] is None else f"{s[f'{m}_mean']:.4f} ± {s[f'{m}_std']:.4f}"
+                _mean_std(s[f"{m}_mean"], s[f"{m}_std"], s[f"{m}_n"], s["runs"])
                 for m in ("best_value", "final_val_accuracy", "holdout_accuracy")
             ]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _mean_std(mean: float | None, std: float | None, n: int, runs: int) -> str:
+    if mean is None:
+        return "–"
+    text = f"{mean:.4f}" if n == 1 else f"{mean:.4f} ± {std:.4f}"
+    return text if n == runs else f"{text} ({n} of {runs} runs)"

@@ -166,13 +166,34 @@ def test_evaluate_resizes_to_the_models_input(course, tmp_path):
     np.testing.assert_allclose(result.probabilities, ref, atol=1e-5)
 
 
-def test_api_bad_input_raises_user_error(course):
+def test_evaluate_a_folder_of_images_with_a_labels_csv(course, tmp_path):
+    from PIL import Image
+
+    from fastheads.evaluate import evaluate
+
+    folder = tmp_path / "holdout"
+    folder.mkdir()
+    rows = ["file,label"]
+    for i in range(6):
+        Image.fromarray(course["images"][i]).save(folder / f"flower_{i}.png")
+        rows.append(f"flower_{i}.png,{course['labels'][i]}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    from_folder = evaluate(course["keras"], folder, CLASSES, verbose=False)
+    from_h5 = evaluate(course["keras"], course["holdout"], CLASSES, verbose=False)
+    assert [p.file for p in from_folder.predictions] == [f"flower_{i}.png" for i in range(6)]
+    np.testing.assert_allclose(from_folder.probabilities, from_h5.probabilities[:6], atol=1e-5)
+
+
+def test_api_bad_input_raises_user_error(course, tmp_path):
     from fastheads.evaluate import evaluate
 
     with pytest.raises(UserError, match="predicts 3 classes but 2 class names"):
         evaluate(course["keras"], course["holdout"], CLASSES[:2], verbose=False)
     with pytest.raises(UserError, match="no class names"):
         evaluate(course["keras"], course["holdout"], None, verbose=False)
+    with pytest.raises(UserError, match="no convolutional layer named 'fc9'"):
+        evaluate(course["keras"], course["holdout"], CLASSES, out=tmp_path, gradcam=True, gradcam_layer="fc9")
+    assert not list(tmp_path.iterdir())  # nothing written before the check
 
 
 def test_metric_helpers_by_hand():
@@ -208,7 +229,7 @@ def test_evaluate_pictures(evaluated):
 def test_gradcam_looks_at_the_square(course):
     from fastheads.gradcam import gradcam, upsample
 
-    images, labels, boxes = course["images"], course["labels"], course["boxes"]
+    images, boxes = course["images"], course["boxes"]
     cams = gradcam(course["model"], caffe(images))
     assert cams.shape[0] == 24 and cams.min() >= 0 and cams.max() <= 1
     inside = 0
@@ -231,6 +252,21 @@ def test_gradcam_through_a_nested_base(course):
     np.testing.assert_allclose(gradcam(nested, x), gradcam(flat, x), atol=1e-4)
 
 
+def test_gradcam_on_layers_shared_with_another_model(course):
+    """fastheads' full model shares its layers with the VGG16 it was cut from: `layer.output` is ambiguous."""
+    import keras
+
+    from fastheads.gradcam import gradcam
+
+    flat = course["model"]
+    y = inp = keras.Input((32, 32, 3))
+    for layer in flat.layers[1:]:
+        y = layer(y)
+    shared = keras.Model(inp, y)
+    x = caffe(course["images"][:6])
+    np.testing.assert_allclose(gradcam(shared, x), gradcam(flat, x), atol=1e-4)
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -246,10 +282,12 @@ def test_cli_evaluate(course, tmp_path):
 def _bad_model(kind: str, folder: Path) -> Path:
     import keras
 
-    if kind == "text":
-        path = folder / "notes.keras"
+    if kind in ("text", "h5 text"):
+        path = folder / ("notes.keras" if kind == "text" else "notes.h5")
         path.write_text("not a model")
         return path
+    if kind == "h5 not a model":  # an HDF5 file, but a data set rather than a model
+        return write_holdout(folder / "data.h5", np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]))
     if kind == "suffix":
         path = folder / "weights.txt"
         path.write_text("x")
@@ -268,7 +306,9 @@ def _bad_model(kind: str, folder: Path) -> Path:
     [
         ("four classes", "predicts 3 classes but 4 class names"),
         ("label out of range", "label 3 is out of range"),
-        ("text", "not a loadable Keras model"),
+        ("text", "a .keras file is a zip archive"),
+        ("h5 text", "a .h5 model is an HDF5 file"),
+        ("h5 not a model", "not a loadable Keras model"),
         ("suffix", "ending in .keras or .h5"),
         ("flat", "expected (batch, height, width, 3)"),
         ("grey", "expected (batch, height, width, 3)"),
