@@ -96,7 +96,7 @@ def load_weights(model, weights: str, need_top: bool, seed: int = 0) -> str:
 
 
 def _random_he_init(model, seed: int) -> None:
-    """He-normal kernels, zero biases: random features that keep their scale through 16 ReLU layers.
+    """He-uniform kernels, zero biases: random features that keep their scale through 16 ReLU layers.
 
     (Keras' default glorot init shrinks activations layer by layer until the head sees
     almost nothing, which would make every random-weight test and demo a flat line.)
@@ -107,8 +107,10 @@ def _random_he_init(model, seed: int) -> None:
             continue
         kernel, bias = layer.get_weights()
         fan_in = int(np.prod(kernel.shape[:-1]))
-        std = np.sqrt(2.0 / fan_in) / (64.0 if layer.name == "block1_conv1" else 1.0)  # pixels are ~±64
-        layer.set_weights([(rng.standard_normal(kernel.shape) * std).astype(np.float32), np.zeros_like(bias)])
+        limit = np.sqrt(6.0 / fan_in) / (64.0 if layer.name == "block1_conv1" else 1.0)  # pixels are ~±64
+        k = rng.random(kernel.shape, dtype=np.float32)  # He-uniform; float32 draws are 4x faster than normals
+        k = (k - np.float32(0.5)) * np.float32(2 * limit)
+        layer.set_weights([k, np.zeros_like(bias)])
 
 
 def _load_imagenet(model) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from fastheads.data import ImageSet
 from fastheads.errors import UserError
 from fastheads.feature_store import DamagedEntry, FeatureStore, entry_meta
 from fastheads.preprocess import RESIZE_METHOD
+from fastheads.runio import atomic_write
 
 
 def key_inputs(cfg: TrainConfig, ds: ImageSet, precision: str, xla: bool) -> KeyInputs:
@@ -95,11 +97,18 @@ def build_entry(
 
 
 class StoreSource:
-    """Features for training, read from a complete entry; damaged rows are rebuilt, never used."""
+    """Features for training, read from a complete entry; damaged rows are rebuilt, never used.
 
-    def __init__(self, entry: FeatureStore, repair: Callable[[], None]) -> None:
-        self.entry, self.repair = entry, repair
+    With a `dense` function (frozen fc layers, see heads.py) each view is pushed through
+    it once and kept under <entry>/derived/<head cut>/, so repeats and later runs of the
+    same head read 4096 numbers per image instead of recomputing fc1 every epoch.
+    """
+
+    def __init__(self, entry: FeatureStore, repair: Callable[[], None],
+                 dense: Callable[[np.ndarray], np.ndarray] | None = None, dense_name: str = "") -> None:  # fmt: skip
+        self.entry, self.repair, self.dense, self.dense_name = entry, repair, dense, dense_name
         self.k = entry.inputs.views
+        self._derived: dict[int, np.ndarray] = {}
 
     def _read(self, indices: np.ndarray, view: int) -> np.ndarray:
         for _ in range(3):
@@ -111,13 +120,40 @@ class StoreSource:
                 self.repair()
         raise UserError(f"{self.entry.path}: still damaged after rebuilding; remove it with `fastheads cache rm`.")
 
+    def _head_input(self, indices: np.ndarray, view: int) -> np.ndarray:
+        if self.dense is None:
+            return self._read(indices, view)
+        if view not in self._derived:
+            self._derived[view] = self._derive(view)
+        return self._derived[view][indices]
+
+    def _derive(self, view: int) -> np.ndarray:
+        path = self.entry.path / "derived" / self.dense_name / f"v{view:04d}.npy"
+        if path.is_file():
+            try:
+                arr = np.load(path, allow_pickle=False)
+                crc = json.loads(path.with_suffix(".json").read_text())["crc"]
+                if zlib.crc32(arr.tobytes()) == crc:
+                    return arr
+            except (OSError, ValueError, KeyError):
+                pass  # damaged or half-written: recompute below
+        arr = self.dense(self._read(np.arange(self.entry.n_images), view)).astype(np.float32)
+        try:
+            atomic_write(path, lambda p: np.save(p, arr, allow_pickle=False), ".npy")
+            atomic_write(
+                path.with_suffix(".json"), lambda p: p.write_text(json.dumps({"crc": zlib.crc32(arr.tobytes())}))
+            )
+        except UserError:
+            pass  # a read-only shared store: keep it in memory only
+        return arr
+
     def clean(self, indices: np.ndarray) -> np.ndarray:
-        return self._read(indices, 0)
+        return self._head_input(indices, 0)
 
     def augmented(self, indices: np.ndarray, epoch: int) -> np.ndarray:
         if self.k == 0:
             return self.clean(indices)
-        return self._read(indices, 1 + epoch % self.k)
+        return self._head_input(indices, 1 + epoch % self.k)
 
 
 def store_for_training(cfg: TrainConfig, ds: ImageSet, images: np.ndarray, bb, say: Callable[[str], None]):
@@ -129,7 +165,10 @@ def store_for_training(cfg: TrainConfig, ds: ImageSet, images: np.ndarray, bb, s
 
     if not entry.complete:
         repair()
-    return StoreSource(entry, repair)
+    from fastheads.heads import frozen_dense_fn, head_cut
+
+    dense = frozen_dense_fn(bb.pristine_top, cfg.arch, cfg.train_layers)
+    return StoreSource(entry, repair, dense, head_cut(cfg.arch, cfg.train_layers))
 
 
 def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureStore:

@@ -88,7 +88,7 @@ def file_fingerprint(path: str | Path, memo_dir: str | Path | None = None) -> st
 
 def weights_identity(weights: str, seed: int, memo_dir: str | Path | None) -> str:
     if weights == "none":
-        return f"none:seed={seed}"  # random weights are a function of the seed
+        return f"none:he-uniform:seed={seed}"  # a function of the init scheme and the seed
     if weights == "imagenet":
         return "imagenet"
     return file_fingerprint(weights, memo_dir)

@@ -50,17 +50,17 @@ Data = Annotated[
         "--data",
         help="Training images: an HDF5 file (images, labels) or a folder of images with a file,label CSV.",
     ),
-]  # noqa: E501
+]
 Course = Annotated[
     Path | None,
     typer.Option(
         "--course",
         help="The course folder (with imagenet_dataset/ and flowers_dataset/); finds the data, class names and weights in it.",
     ),
-]  # noqa: E501
+]
 Classes = Annotated[
     Path | None, typer.Option("--classes", help="Class-names file, one name per line, line i naming class i.")
-]  # noqa: E501
+]
 
 
 def _course_defaults(
@@ -81,38 +81,38 @@ def _course_defaults(
 
 Labels = Annotated[
     Path | None, typer.Option("--labels", help="For a folder of images: the labels CSV (columns file,label).")
-]  # noqa: E501
+]
 Weights = Annotated[
     str | None,
     typer.Option(
         "--weights",
         help="imagenet (downloads), none (random: tests and demos only), or a path to vgg16_weights.h5 / a Keras 3 .weights.h5 file.",
     ),
-]  # noqa: E501
+]
 Arch = Annotated[
     str,
     typer.Option(
         "--arch",
         help="vgg16: the course's heads on fc2; v2: block5 removed, new 4096-4096 head on block4_pool (question 3).",
     ),
-]  # noqa: E501
+]
 ImageSize = Annotated[
     int,
     typer.Option("--image-size", help="Images are resized (antialiased bilinear) to this square size; VGG16's is 224."),
-]  # noqa: E501
+]
 Augment = Annotated[
     str,
     typer.Option(
         "--augment",
         help='Preset (tp, tp-q7, none) or ImageDataGenerator arguments, e.g. "rotation_range=10,zoom_range=[0.8,1.4],horizontal_flip=true".',
     ),
-]  # noqa: E501
+]
 AugmentSeed = Annotated[
     int,
     typer.Option(
         "--augment-seed", help="Seed of the augmentation draws; kept across repeats so they share a feature store."
     ),
-]  # noqa: E501
+]
 Epochs = Annotated[int, typer.Option("--epochs", help="Maximum number of epochs.")]
 Precision = Annotated[
     str,
@@ -120,11 +120,11 @@ Precision = Annotated[
         "--precision",
         help="Precision of the frozen base: auto, fp32, bf16, fp16. auto is bf16 where the hardware has it.",
     ),
-]  # noqa: E501
+]
 Xla = Annotated[str, typer.Option("--xla", help="XLA-compile the frozen base: auto (on for GPUs), on, off.")]
 Views = Annotated[
     int | None, typer.Option("--views", help="Augmented views per image in the feature store (default: --epochs).")
-]  # noqa: E501
+]
 CacheDir = Annotated[str, typer.Option("--cache-dir", help="Root folder of the feature store.")]
 CacheDtype = Annotated[str, typer.Option("--cache-dtype", help="float16 (default, half the size) or float32.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="Print only errors.")]
@@ -140,42 +140,42 @@ def train(
     arch: Arch = "vgg16",
     train_layers: Annotated[
         int, typer.Option("--train-layers", help="1: only the new output layer; 2: also fc2; 3: also fc1.")
-    ] = 1,  # noqa: E501
+    ] = 1,
     image_size: ImageSize = 224,
     augment: Augment = "tp",
     augment_seed: AugmentSeed = 0,
     lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.001,
     momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.7,
     nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.")] = True,
-    decay: Annotated[float, typer.Option("--decay", help="Keras 2 SGD decay: lr / (1 + decay * iterations).")] = 1e-6,  # noqa: E501
+    decay: Annotated[float, typer.Option("--decay", help="Keras 2 SGD decay: lr / (1 + decay * iterations).")] = 1e-6,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per training step.")] = 32,
     epochs: Epochs = 13,
     patience: Annotated[
         int, typer.Option("--patience", help="EarlyStopping: epochs without improvement of --monitor before stopping.")
-    ] = 3,  # noqa: E501
+    ] = 3,
     monitor: Annotated[
         str,
         typer.Option(
             "--monitor",
             help="Metric for EarlyStopping and the best checkpoint: val_categorical_accuracy (the notebook's) or categorical_accuracy (question 8), val_loss, loss.",
         ),
-    ] = "val_categorical_accuracy",  # noqa: E501
+    ] = "val_categorical_accuracy",
     val_split: Annotated[
         float, typer.Option("--val-split", help="Fraction of images held out for validation (stratified).")
-    ] = 0.3,  # noqa: E501
+    ] = 0.3,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of the split, the new layers' initial weights and the batch order.")
-    ] = 0,  # noqa: E501
+    ] = 0,
     repeats: Annotated[
         int, typer.Option("--repeats", help="Number of runs, each with its own split and seed (seed, seed+1, ...).")
-    ] = 1,  # noqa: E501
+    ] = 1,
     faithful: Annotated[
         bool,
         typer.Option(
             "--faithful",
             help="Reproduce the notebook's quirks: steps_per_epoch = n_train // batch and validation on n_val // batch batches.",
         ),
-    ] = False,  # noqa: E501
+    ] = False,
     precision: Precision = "auto",
     xla: Xla = "auto",
     cache: Annotated[
@@ -183,17 +183,17 @@ def train(
         typer.Option(
             "--cache", help="Read features from the feature store (built first if needed): later runs take seconds."
         ),
-    ] = False,  # noqa: E501
+    ] = False,
     views: Views = None,
     cache_dir: CacheDir = "cache",
     cache_dtype: CacheDtype = "float16",
     out: Annotated[
         Path, typer.Option("--out", help="Folder for model.keras, history.json, run.json, curves.png.")
-    ] = Path("runs/latest"),  # noqa: E501
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in --out.")] = False,  # noqa: E501
+    ] = Path("runs/latest"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in --out.")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last finished epoch.")
-    ] = False,  # noqa: E501
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Retrain VGG16's last layer(s) on your images, as the course notebook does, and export model.keras."""
@@ -243,7 +243,7 @@ def cache_build(
         typer.Option(
             "--shard", help="Build only share i of n (as i/n) of the entry, e.g. on n machines sharing one store."
         ),
-    ] = "0/1",  # noqa: E501
+    ] = "0/1",
     quiet: Quiet = False,
 ) -> None:
     """Compute the features a `train --cache` run with the same options would use, without training."""
@@ -335,7 +335,7 @@ def demo(
     cache: Annotated[
         bool,
         typer.Option("--cache/--no-cache", help="Train from the feature store (built on the first run)."),
-    ] = True,  # noqa: E501
+    ] = True,
 ) -> None:
     """Run the whole pipeline offline on a built-in drawn flower set with RANDOM VGG16 weights (about a minute)."""
 

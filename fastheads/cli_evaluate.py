@@ -29,21 +29,21 @@ def register(app: typer.Typer) -> None:
             typer.Argument(
                 help="The model to test: a .keras or .h5 file taking caffe-preprocessed HxWx3 images and giving class probabilities, from fastheads or the course notebook.",
             ),
-        ],  # noqa: E501
+        ],
         data: Annotated[
             Path,
             typer.Option(
                 "--data",
                 help="Holdout images: the course's HDF5 file (images, labels, optional filenames) or a folder of images with a file,label CSV.",
             ),
-        ],  # noqa: E501
+        ],
         classes: Annotated[
             Path | None,
             typer.Option(
                 "--classes",
                 help="Class-names file, one name per line, line i naming class i. Optional for a fastheads run, whose run.json has them.",
             ),
-        ] = None,  # noqa: E501
+        ] = None,
         labels: Annotated[
             Path | None,
             typer.Option("--labels", help="For a folder of images: the labels CSV (columns file,label)."),
@@ -54,14 +54,14 @@ def register(app: typer.Typer) -> None:
                 "--out",
                 help="Folder for predictions.csv, metrics.json, confusion.png and errors.png. Default: eval_<holdout name> next to the model.",
             ),
-        ] = None,  # noqa: E501
+        ] = None,
         gradcam: Annotated[
             bool,
             typer.Option(
                 "--gradcam",
                 help="Also write gradcam.png: where in each image the network found its evidence (misclassified images first).",
             ),
-        ] = False,  # noqa: E501
+        ] = False,
         gradcam_layer: Annotated[
             str | None,
             typer.Option(
@@ -95,14 +95,14 @@ def register(app: typer.Typer) -> None:
             typer.Argument(
                 help="Run folders written by fastheads train (or the folder of a --repeats run, meaning all its run_* folders).",
             ),
-        ],  # noqa: E501
+        ],
         out: Annotated[
             Path | None,
             typer.Option(
                 "--out",
                 help="Folder for report.png, runs.md and runs.json. Default: the run folders' common parent.",
             ),
-        ] = None,  # noqa: E501
+        ] = None,
         title: Annotated[
             str | None,
             typer.Option("--title", help="Title of the figure and the table. Default: the configuration of the runs."),

@@ -126,7 +126,9 @@ def load_h5(path: str | Path, class_names: list[str] | None = None) -> ImageSet:
     _check_images(images, str(path))
     n_cls = len(class_names) if class_names else None
     labels = check_labels(labels, len(images), str(path), n_cls)
-    if raw_names is not None and len(raw_names) == len(images):
+    if raw_names is not None:
+        if len(raw_names) != len(images):
+            raise UserError(f"{path}: {len(raw_names)} filenames for {len(images)} images; they must match.")
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
     else:
         names = [f"{i:04d}" for i in range(len(images))]
@@ -151,9 +153,13 @@ def load_folder(
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found.")
     if labels_csv is None:
-        csvs = sorted(folder.glob("*.csv")) + sorted(folder.parent.glob("*labels*.csv"))
+        csvs = sorted(folder.glob("*label*.csv")) or sorted(folder.parent.glob("*label*.csv"))
+        csvs = csvs or sorted(p for p in folder.glob("*.csv") if p.name != "predictions.csv")
         if not csvs:
             raise UserError(f"{folder}: no labels CSV found; pass --labels FILE.csv (columns file,label).")
+        if len(csvs) > 1:
+            names = ", ".join(p.name for p in csvs[:4])
+            raise UserError(f"{folder}: several CSV files could hold the labels ({names}); pass --labels FILE.csv.")
         labels_csv = csvs[0]
     labels_csv = Path(labels_csv)
     if not labels_csv.is_file():

@@ -1,12 +1,23 @@
 """The trainable part on top of the frozen features, and the full model stitched back together.
 
-The head takes the features at the cut (block5_pool or block4_pool) as its input, so it
-trains identically on features computed on the fly or read from the feature store. The
-head and the exported full model share the same layer objects: training the head trains
-the full model.
+Two cuts matter. The *conv cut* (block5_pool, or block4_pool for v2) ends the expensive
+frozen convolutions: the feature store holds its outputs, shared by every head. The
+*head cut* is the deepest frozen layer of the chosen head: fc2 for `--train-layers 1`, fc1
+for 2, the conv cut for 3 and v2. Between the two run the frozen dense layers, which are
+cheap per image but not per epoch: with 25088x4096 weights, pushing 210 images through fc1
+every epoch cost more than the rest of a cached run together, so they run once per view
+(`frozen_dense_fn`) and the head starts at the head cut. Training is the same either way:
+frozen layers have no gradient and are deterministic.
+
+The head and the exported full model share layer objects: training the head trains the
+full model.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
 
 from fastheads.backbone import CONV_LAYERS, cut_layer
 from fastheads.errors import UserError
@@ -18,11 +29,45 @@ def check_head_args(arch: str, train_layers: int) -> None:
         raise UserError(f"--train-layers must be 1, 2 or 3, got {train_layers}.")
 
 
-def build_head(vgg, arch: str, train_layers: int, n_classes: int, seed: int):
-    """A Keras model: features at the cut -> class probabilities.
+def head_cut(arch: str, train_layers: int) -> str:
+    """The deepest frozen layer: where the head's input comes from."""
+    if arch == "vgg16" and train_layers in (1, 2):
+        return {1: "fc2", 2: "fc1"}[train_layers]
+    return cut_layer(arch)
 
-    vgg16, train_layers=1: flatten -> fc1 (frozen) -> fc2 (frozen) -> new predictions.
-    train_layers=2 makes fc2 trainable (from its pretrained weights); 3 adds fc1.
+
+def frozen_dense_layers(arch: str, train_layers: int) -> list[str]:
+    """The frozen dense layers between the conv cut and the head cut."""
+    return {"fc2": ["flatten", "fc1", "fc2"], "fc1": ["flatten", "fc1"]}.get(head_cut(arch, train_layers), [])
+
+
+def frozen_dense_fn(top_weights: dict, arch: str, train_layers: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """conv-cut features -> head-cut features (fp32, batched), from the pristine fc weights; None if no layers."""
+    names = [n for n in frozen_dense_layers(arch, train_layers) if n != "flatten"]
+    if not names:
+        return None
+    import tensorflow as tf
+
+    params = [tuple(tf.constant(w) for w in top_weights[n]) for n in names]
+
+    @tf.function(reduce_retracing=True)
+    def dense(x):
+        x = tf.reshape(x, [tf.shape(x)[0], -1])
+        for k, b in params:
+            x = tf.nn.relu(tf.matmul(x, k) + b)
+        return x
+
+    def run(feats: np.ndarray, batch: int = 256) -> np.ndarray:
+        return np.concatenate([dense(feats[i : i + batch]).numpy() for i in range(0, len(feats), batch)])
+
+    return run
+
+
+def build_head(vgg, arch: str, train_layers: int, n_classes: int, seed: int):
+    """A Keras model: features at the head cut -> class probabilities.
+
+    vgg16, train_layers=1: new predictions on fc2's output; 2: fc2 (pretrained, trainable)
+    + new predictions on fc1's output; 3: flatten + fc1 + fc2 (trainable) + new predictions.
     v2: flatten(block4_pool) -> new Dense(4096) -> new Dense(4096) -> new predictions.
     """
     import keras
@@ -30,7 +75,7 @@ def build_head(vgg, arch: str, train_layers: int, n_classes: int, seed: int):
     check_head_args(arch, train_layers)
     if n_classes < 2:
         raise UserError(f"need at least 2 classes, got {n_classes}.")
-    cut = cut_layer(arch)
+    cut = head_cut(arch, train_layers)
     feat_shape = tuple(vgg.get_layer(cut).output.shape[1:])
     keras.utils.set_random_seed(seed)  # the new layers' initial weights
     inp = keras.Input(feat_shape, name=f"{cut}_features")
@@ -38,7 +83,7 @@ def build_head(vgg, arch: str, train_layers: int, n_classes: int, seed: int):
         fc1, fc2 = vgg.get_layer("fc1"), vgg.get_layer("fc2")
         fc1.trainable = train_layers >= 3
         fc2.trainable = train_layers >= 2
-        layers = [vgg.get_layer("flatten"), fc1, fc2]
+        layers = {1: [], 2: [fc2], 3: [vgg.get_layer("flatten"), fc1, fc2]}[train_layers]
     else:
         layers = [
             keras.layers.Flatten(name="flatten"),
@@ -52,7 +97,7 @@ def build_head(vgg, arch: str, train_layers: int, n_classes: int, seed: int):
     return keras.Model(inp, x, name=f"head_{arch}_{train_layers}")
 
 
-def stitch_full_model(vgg, head, arch: str):
+def stitch_full_model(vgg, head, arch: str, train_layers: int = 3):
     """224x224x3 caffe-preprocessed image -> probabilities, only built-in layers, frozen base.
 
     This is what `model.keras` holds: the course's test notebook loads it with plain
@@ -63,7 +108,8 @@ def stitch_full_model(vgg, head, arch: str):
     cut = cut_layer(arch)
     inp = keras.Input(vgg.input_shape[1:], name="input_layer")
     x = inp
-    for name in CONV_LAYERS[: CONV_LAYERS.index(cut) + 1]:
+    frozen = CONV_LAYERS[: CONV_LAYERS.index(cut) + 1] + frozen_dense_layers(arch, train_layers)
+    for name in frozen:
         layer = vgg.get_layer(name)
         layer.trainable = False
         x = layer(x)

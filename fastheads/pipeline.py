@@ -85,15 +85,20 @@ def extract_features(
 
 
 class OnTheFly:
-    """The uncached path: every epoch's augmented views go through the frozen base again."""
+    """The uncached path: every epoch's augmented views go through the frozen base again.
 
-    def __init__(self, base_fn: Callable, images: np.ndarray, spec: AugmentSpec, aug_seed: int, batch: int):
+    `dense` (optional) takes conv-cut features to the head cut (see heads.py).
+    """
+
+    def __init__(self, base_fn: Callable, images: np.ndarray, spec: AugmentSpec, aug_seed: int, batch: int,
+                 dense: Callable[[np.ndarray], np.ndarray] | None = None):  # fmt: skip
         self.base_fn, self.images, self.spec = base_fn, images, spec
-        self.aug_seed, self.batch = aug_seed, batch
+        self.aug_seed, self.batch, self.dense = aug_seed, batch, dense
 
     def _run(self, indices: np.ndarray, view: int) -> np.ndarray:
         pairs = np.stack([indices, np.full(len(indices), view)], axis=1).astype(np.int64)
-        return extract_features(self.base_fn, self.images, pairs, self.spec, self.aug_seed, self.batch)
+        feats = extract_features(self.base_fn, self.images, pairs, self.spec, self.aug_seed, self.batch)
+        return feats if self.dense is None else self.dense(feats)
 
     def clean(self, indices: np.ndarray) -> np.ndarray:
         return self._run(indices, 0)

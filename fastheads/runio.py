@@ -22,6 +22,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = 
         raise UserError(f"{path.parent}: cannot write here ({e.strerror}).") from e
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
         os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"{path}: writing failed ({e.strerror}); the previous file, if any, is untouched.") from e

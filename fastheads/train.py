@@ -8,7 +8,6 @@ checkpoint follow Keras' rules (strict improvement, `patience` epochs without on
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from fastheads import backbone, heads
 from fastheads.config import TrainConfig, make_config
 from fastheads.data import ImageSet, load_images
 from fastheads.errors import UserError
+from fastheads.loop import Checkpoint, config_fingerprint, run_epochs
 from fastheads.pipeline import FeatureSource, OnTheFly
 from fastheads.preprocess import RESIZE_METHOD, resize_images
 from fastheads.runio import save_model, versions, write_json
@@ -46,10 +46,6 @@ class TrainResult:
     @property
     def history(self) -> dict[str, list[float]]:
         return self.runs[0].history
-
-
-def _improved(monitor: str, current: float, best: float) -> bool:
-    return current < best if monitor.endswith("loss") else current > best
 
 
 def _existing_models(out: Path) -> list[Path]:
@@ -88,21 +84,45 @@ def train(config: TrainConfig | None = None, **kwargs) -> TrainResult:
 
         source = store_for_training(cfg, ds, images, bb, say)
     else:
-        source = OnTheFly(bb.base_fn, images, cfg.augment, cfg.augment_seed, cfg.batch_size)
+        dense = heads.frozen_dense_fn(bb.pristine_top, cfg.arch, cfg.train_layers)
+        source = OnTheFly(bb.base_fn, images, cfg.augment, cfg.augment_seed, cfg.batch_size, dense)
     runs = []
     for r in range(cfg.repeats):
         run_dir = out if cfg.repeats == 1 else out / f"run_{r + 1:02d}"
         if cfg.repeats > 1:
             say(f"--- repeat {r + 1}/{cfg.repeats} (seed {cfg.seed + r})")
+        done = finished_run(run_dir, cfg, cfg.seed + r) if cfg.resume else None
+        if done is not None:
+            say(f"fastheads: {run_dir} already finished; kept as it is")
+            runs.append(done)
+            continue
         runs.append(train_one(cfg, ds, bb, source, cfg.seed + r, run_dir, say))
     summary = summarize(cfg, runs)
     if cfg.repeats > 1:
         write_json(out / "summary.json", summary)
+        from fastheads.report import report_runs
+
+        report_runs([r.out_dir for r in runs], out, title=describe(cfg))
         say(
             f"fastheads: {cfg.repeats} repeats: best {cfg.monitor} "
             f"{summary['best_value_mean']:.4f} ± {summary['best_value_std']:.4f}"
         )
     return TrainResult(out, runs, summary)
+
+
+def finished_run(run_dir: Path, cfg: TrainConfig, seed: int) -> RunResult | None:
+    """A run of this very configuration that completed earlier (for --resume with repeats)."""
+    import json
+
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+        history = json.loads((run_dir / "history.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("fingerprint") != config_fingerprint(cfg, seed) or not (run_dir / "model.keras").is_file():
+        return None
+    return RunResult(run_dir, history, record["best_epoch"], record["best_value"], record["stopped_epoch"],
+                     run_dir / "model.keras", record)  # fmt: skip
 
 
 def summarize(cfg: TrainConfig, runs: list[RunResult]) -> dict:
@@ -132,19 +152,6 @@ def make_head(cfg: TrainConfig, bb: backbone.Backbone, n_classes: int, seed: int
     return head
 
 
-def epoch_batches(cfg: TrainConfig, seed: int, epoch: int, n_train: int, n_val: int):
-    """This epoch's training order and validation subset (the notebook's quirks with --faithful)."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(n_train)
-    val = np.arange(n_val)
-    if cfg.faithful:
-        order = order[: max(1, n_train // cfg.batch_size) * cfg.batch_size]
-        k = n_val // cfg.batch_size * cfg.batch_size
-        if 0 < k < n_val:
-            val = np.sort(rng.choice(n_val, size=k, replace=False))
-    return order, val
-
-
 def train_one(
     cfg: TrainConfig,
     ds: ImageSet,
@@ -158,62 +165,28 @@ def train_one(
 
     t_start = time.perf_counter()
     train_idx, val_idx = stratified_split(ds.labels, cfg.val_split, seed)
-    n_classes = ds.n_classes
-    y = keras.utils.to_categorical(ds.labels, n_classes)
-    y_tr, y_val = y[train_idx], y[val_idx]
-    head = make_head(cfg, bb, n_classes, seed)
-    t_feat = time.perf_counter()
-    x_val = source.clean(val_idx)
-    feat_s = time.perf_counter() - t_feat
-    history: dict[str, list[float]] = {}
-    best, best_epoch, best_weights, wait, stopped = math.inf, 0, None, 0, 0
-    if not cfg.monitor.endswith("loss"):
-        best = -math.inf
-    n_val_used, n_train_used = len(val_idx), len(train_idx)
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        x_tr = source.augmented(train_idx, epoch)
-        t1 = time.perf_counter()
-        feat_s += t1 - t0
-        order, val_sel = epoch_batches(cfg, seed, epoch, len(train_idx), len(val_idx))
-        n_val_used, n_train_used = len(val_sel), len(order)
-        h = head.fit(
-            x_tr[order], y_tr[order], batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0,
-            validation_data=(x_val[val_sel], y_val[val_sel]),
-        )  # fmt: skip
-        logs = {k: float(v[-1]) for k, v in h.history.items()}
-        for k, v in logs.items():
-            history.setdefault(k, []).append(v)
-        stopped = epoch + 1
-        current = logs[cfg.monitor]
-        mark = ""
-        if _improved(cfg.monitor, current, best):
-            best, best_epoch, wait, mark = current, epoch + 1, 0, "  (best so far: checkpoint)"
-            best_weights = [w.numpy().copy() for w in head.trainable_weights]
-        else:
-            wait += 1
-        say(
-            f"Epoch {epoch + 1}/{cfg.epochs} - {time.perf_counter() - t0:.1f}s - "
-            + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-            + mark
-        )
-        if wait >= cfg.patience and wait > 0 and epoch + 1 < cfg.epochs:
-            say(f"Early stopping: no improvement of {cfg.monitor} in {cfg.patience} epochs.")
-            break
+    y = keras.utils.to_categorical(ds.labels, ds.n_classes)
+    head = make_head(cfg, bb, ds.n_classes, seed)
+    checkpoint = Checkpoint(run_dir / "checkpoint", config_fingerprint(cfg, seed))
+    state, best_weights = run_epochs(
+        cfg, head, source, (train_idx, val_idx), (y[train_idx], y[val_idx]), seed, checkpoint, say
+    )
+    best, best_epoch, stopped = state.best, state.best_epoch, state.epochs_done
     if best_weights is not None:
         for var, w in zip(head.trainable_weights, best_weights, strict=True):
             var.assign(w)
-    full = heads.stitch_full_model(bb.vgg, head, cfg.arch)
+    full = heads.stitch_full_model(bb.vgg, head, cfg.arch, cfg.train_layers)
     model_path = run_dir / "model.keras"
     save_model(full, model_path)
     total_s = time.perf_counter() - t_start
     record = {
         "config": _config_dict(cfg),
         "seed": seed,
+        "fingerprint": checkpoint.fingerprint,
         "data": {"source": ds.source, "n_images": len(ds), "class_names": ds.class_names},
         "split": {"train": train_idx.tolist(), "val": val_idx.tolist()},
-        "training_images_per_epoch": n_train_used,
-        "validation_images_per_epoch": n_val_used,
+        "training_images_per_epoch": state.n_train_used,
+        "validation_images_per_epoch": state.n_val_used,
         "weights": bb.weights_desc,
         "precision": bb.precision,
         "xla": bb.xla,
@@ -222,18 +195,19 @@ def train_one(
         "best_epoch": best_epoch,
         "best_value": best,
         "stopped_epoch": stopped,
-        "timings_s": {"total": total_s, "features": feat_s, "head": total_s - feat_s},
+        "timings_s": {"total": total_s, "features": state.feature_s, "head": total_s - state.feature_s},
         "versions": versions(),
     }
-    write_json(run_dir / "history.json", history)
+    write_json(run_dir / "history.json", state.history)
     write_json(run_dir / "run.json", record)
     from fastheads.plots import plot_curves
 
-    plot_curves(history, run_dir / "curves.png", title=describe(cfg), best_epoch=best_epoch)
+    plot_curves(state.history, run_dir / "curves.png", title=describe(cfg), best_epoch=best_epoch)
+    checkpoint.remove()
     say(
         f"fastheads: best epoch {best_epoch}/{stopped} ({cfg.monitor} {best:.4f}); wrote {model_path} in {total_s:.1f}s"
     )
-    return RunResult(run_dir, history, best_epoch, best, stopped, model_path, record)
+    return RunResult(run_dir, state.history, best_epoch, best, stopped, model_path, record)
 
 
 def describe(cfg: TrainConfig) -> str:

@@ -106,15 +106,26 @@ def test_heads_train_the_right_layers(arch, k, trainable):
     vgg = backbone.build_vgg16(SIZE)
     head = heads.build_head(vgg, arch, k, n_classes=4, seed=0)
     assert [layer.name for layer in head.layers if layer.trainable and layer.weights] == trainable
-    assert head.input_shape[1:] == tuple(vgg.get_layer(backbone.cut_layer(arch)).output.shape[1:])
+    assert head.input_shape[1:] == tuple(vgg.get_layer(heads.head_cut(arch, k)).output.shape[1:])
     assert head.output_shape == (None, 4)
-    full = heads.stitch_full_model(vgg, head, arch)
+    full = heads.stitch_full_model(vgg, head, arch, k)
     assert full.input_shape == (None, SIZE, SIZE, 3) and full.output_shape == (None, 4)
     assert not any(layer.trainable for layer in full.layers if layer.name.startswith("block"))
     if arch == "v2":
         assert "block5_conv1" not in [layer.name for layer in full.layers]
     if arch == "vgg16" and k == 2:  # fc2 starts from the pretrained weights, shared with vgg
         np.testing.assert_array_equal(full.get_layer("fc2").get_weights()[0], vgg.get_layer("fc2").get_weights()[0])
+
+
+def test_frozen_dense_fn_equals_the_keras_layers(keras2_weights):
+    vgg = backbone.build_vgg16(SIZE)
+    backbone.load_weights(vgg, str(keras2_weights), need_top=True)
+    top = {n: vgg.get_layer(n).get_weights() for n in ("fc1", "fc2")}
+    x = np.random.default_rng(2).uniform(0, 3, (5, 1, 1, 512)).astype(np.float32)
+    for k, cut in ((1, "fc2"), (2, "fc1")):
+        ref = keras.Model(vgg.get_layer("flatten").input, vgg.get_layer(cut).output)(x).numpy()
+        np.testing.assert_allclose(heads.frozen_dense_fn(top, "vgg16", k)(x), ref, rtol=1e-5, atol=1e-5)
+    assert heads.frozen_dense_fn(top, "vgg16", 3) is None and heads.frozen_dense_fn(top, "v2", 1) is None
 
 
 def test_bad_head_arguments():
@@ -127,7 +138,7 @@ def test_bad_head_arguments():
 def test_exported_model_loads_in_a_fresh_process(tmp_path, keras2_weights):
     vgg = backbone.build_vgg16(SIZE)
     backbone.load_weights(vgg, str(keras2_weights), need_top=True)
-    full = heads.stitch_full_model(vgg, heads.build_head(vgg, "vgg16", 2, 4, seed=1), "vgg16")
+    full = heads.stitch_full_model(vgg, heads.build_head(vgg, "vgg16", 2, 4, seed=1), "vgg16", 2)
     path = tmp_path / "model.keras"
     full.save(path)
     x = np.random.default_rng(1).uniform(-100, 100, (4, SIZE, SIZE, 3)).astype(np.float32)

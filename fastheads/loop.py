@@ -1,0 +1,172 @@
+"""The epoch loop: Keras' EarlyStopping and ModelCheckpoint rules, checkpointed every epoch.
+
+Every epoch's inputs are a pure function of (seed, epoch): the features of view 1 + e
+(or 1 + e mod K), the batch order from `default_rng([seed, epoch])`. So a run killed after
+epoch e and resumed from its checkpoint (weights, optimizer state, history, best-so-far)
+continues exactly as if it had never stopped.
+
+Checkpoint files carry their epoch in their name and `state.json`, written last and
+atomically, says which ones are current: a crash between two writes leaves the previous
+consistent state in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fastheads.config import TrainConfig
+from fastheads.pipeline import FeatureSource
+from fastheads.runio import atomic_write, write_json
+
+
+@dataclass
+class LoopState:
+    epochs_done: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best: float = -math.inf
+    best_epoch: int = 0  # 1-based; 0 = none yet
+    wait: int = 0
+    finished: bool = False
+    n_train_used: int = 0
+    n_val_used: int = 0
+    feature_s: float = 0.0
+
+
+def improved(monitor: str, current: float, best: float) -> bool:
+    """Keras' rule: strictly better (min_delta 0); accuracies go up, losses down."""
+    return current < best if monitor.endswith("loss") else current > best
+
+
+def epoch_batches(cfg: TrainConfig, seed: int, epoch: int, n_train: int, n_val: int):
+    """This epoch's training order and validation subset (the notebook's quirks with --faithful)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n_train)
+    val = np.arange(n_val)
+    if cfg.faithful:
+        order = order[: max(1, n_train // cfg.batch_size) * cfg.batch_size]
+        k = n_val // cfg.batch_size * cfg.batch_size
+        if 0 < k < n_val:
+            val = np.sort(rng.choice(n_val, size=k, replace=False))
+    return order, val
+
+
+def config_fingerprint(cfg: TrainConfig, seed: int) -> str:
+    d = asdict(cfg)
+    for k in ("out", "overwrite", "resume", "verbose", "repeats"):
+        d.pop(k)
+    d["seed"] = seed
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Checkpoint:
+    """Per-epoch state of one run under <run>/checkpoint/, for `train --resume`."""
+
+    def __init__(self, folder: Path, fingerprint: str) -> None:
+        self.folder, self.fingerprint = folder, fingerprint
+
+    def save(self, state: LoopState, head, best_weights: list[np.ndarray] | None) -> None:
+        e = state.epochs_done
+        arrays = {f"w{i}": w.numpy() for i, w in enumerate(head.trainable_weights)}
+        arrays.update({f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(head.optimizer.variables)})
+        atomic_write(self.folder / f"current-e{e}.npz", lambda p: np.savez(p, **arrays), ".npz")
+        if best_weights is not None and state.best_epoch == e:
+            bw = {f"w{i}": w for i, w in enumerate(best_weights)}
+            atomic_write(self.folder / f"best-e{e}.npz", lambda p: np.savez(p, **bw), ".npz")
+        write_json(self.folder / "state.json", {"fingerprint": self.fingerprint, **asdict(state)})
+        keep = {f"current-e{e}.npz", f"best-e{state.best_epoch}.npz", "state.json"}
+        for p in self.folder.glob("*.npz"):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+
+    def load(self, head) -> tuple[LoopState, list[np.ndarray] | None] | None:
+        """Restore head and optimizer; None when there is nothing (or nothing compatible) to resume."""
+        path = self.folder / "state.json"
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        if saved.pop("fingerprint") != self.fingerprint:
+            return None
+        state = LoopState(**saved)
+        with np.load(self.folder / f"current-e{state.epochs_done}.npz") as z:
+            for i, var in enumerate(head.trainable_weights):
+                var.assign(z[f"w{i}"])
+            head.optimizer.build(head.trainable_variables)
+            for i, var in enumerate(head.optimizer.variables):
+                var.assign(z[f"o{i}"])
+        best = None
+        if state.best_epoch:
+            with np.load(self.folder / f"best-e{state.best_epoch}.npz") as z:
+                best = [z[f"w{i}"] for i in range(len(z.files))]
+        return state, best
+
+    def remove(self) -> None:
+        for p in self.folder.glob("*"):
+            p.unlink(missing_ok=True)
+        if self.folder.is_dir():
+            self.folder.rmdir()
+
+
+def run_epochs(
+    cfg: TrainConfig,
+    head,
+    source: FeatureSource,
+    split: tuple[np.ndarray, np.ndarray],
+    targets: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    checkpoint: Checkpoint,
+    say: Callable[[str], None],
+) -> tuple[LoopState, list[np.ndarray] | None]:
+    """Train epoch by epoch; return the final state and the best epoch's trainable weights."""
+    train_idx, val_idx = split
+    y_tr, y_val = targets
+    state, best_weights = LoopState(), None
+    if cfg.monitor.endswith("loss"):
+        state.best = math.inf
+    if cfg.resume:
+        restored = checkpoint.load(head)
+        if restored is not None:
+            state, best_weights = restored
+            say(f"fastheads: resuming after epoch {state.epochs_done} from {checkpoint.folder}")
+    t0 = time.perf_counter()
+    x_val = source.clean(val_idx)
+    state.feature_s += time.perf_counter() - t0
+    while not state.finished and state.epochs_done < cfg.epochs:
+        epoch = state.epochs_done
+        t0 = time.perf_counter()
+        x_tr = source.augmented(train_idx, epoch)
+        state.feature_s += time.perf_counter() - t0
+        order, val_sel = epoch_batches(cfg, seed, epoch, len(train_idx), len(val_idx))
+        state.n_train_used, state.n_val_used = len(order), len(val_sel)
+        h = head.fit(
+            x_tr[order], y_tr[order], batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0,
+            validation_data=(x_val[val_sel], y_val[val_sel]),
+        )  # fmt: skip
+        logs = {k: float(v[-1]) for k, v in h.history.items()}
+        for k, v in logs.items():
+            state.history.setdefault(k, []).append(v)
+        state.epochs_done = epoch + 1
+        mark = ""
+        if improved(cfg.monitor, logs[cfg.monitor], state.best):
+            state.best, state.best_epoch, state.wait = logs[cfg.monitor], epoch + 1, 0
+            best_weights = [w.numpy().copy() for w in head.trainable_weights]
+            mark = "  (best so far: checkpoint)"
+        else:
+            state.wait += 1
+        say(
+            f"Epoch {epoch + 1}/{cfg.epochs} - {time.perf_counter() - t0:.1f}s - "
+            + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            + mark
+        )
+        if state.wait >= cfg.patience and state.wait > 0 and state.epochs_done < cfg.epochs:
+            say(f"Early stopping: no improvement of {cfg.monitor} in {cfg.patience} epochs.")
+            state.finished = True
+        checkpoint.save(state, head, best_weights)
+    return state, best_weights
