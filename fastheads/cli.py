@@ -357,6 +357,59 @@ def demo(
     guarded(body)
 
 
+# --------------------------------------------------------------------------- bench
+
+
+@app.command()
+def bench(
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Images to time on (default: the built-in demo set), e.g. 10FlowerColorImages.h5."),
+    ] = None,
+    classes: Classes = None,
+    weights: Annotated[
+        str, typer.Option("--weights", help="Weights for every phase; timing does not depend on them, accuracy does.")
+    ] = "none",
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="A first look in under 3 minutes on 2 cores: 64x64 images, 3 epochs, 2 repeats."),
+    ] = False,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Override the image size (default 224, 64 with --quick).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Override the epochs per run (default 13, 3 with --quick).")
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option("--repeats", help="Override question 1's number of runs (default 5, 2 with --quick).")
+    ] = None,
+    precision: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--precision",
+            help="Precisions to measure (repeatable); default fp32 plus bf16/fp16 where the hardware has them.",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for <machine>_<date>.json and .md.")] = Path(
+        "bench/results"
+    ),
+) -> None:
+    """Time the notebook's pipeline, fastheads uncached, cold and warm cache, and the frozen-base floor, side by side."""
+
+    def body() -> None:
+        from fastheads.bench import BenchPlan, run_bench
+
+        over = {k: v for k, v in dict(image_size=image_size, epochs=epochs, repeats=repeats).items() if v is not None}
+        common = dict(data=str(data) if data else None, classes=str(classes) if classes else None, weights=weights,
+                      precisions=tuple(precision or ()), **over)  # fmt: skip
+        plan = BenchPlan.quick_plan(**common) if quick else BenchPlan(**common)
+        results = run_bench(plan, out)
+        typer.echo(results["table"])
+        typer.echo(f"wrote {results['files']['json']} and {results['files']['markdown']}")
+
+    guarded(body)
+
+
 try:
     from fastheads.cli_evaluate import register as _register_evaluate
 
