@@ -36,7 +36,7 @@ class BenchPlan:
 
     @classmethod
     def quick_plan(cls, **kw) -> BenchPlan:
-        base = dict(image_size=64, epochs=3, repeats=2, floor_batches=2, quick=True)
+        base = dict(image_size=128, epochs=3, repeats=2, floor_batches=2, quick=True)
         return cls(**{**base, **kw})
 
 

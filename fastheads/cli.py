@@ -372,10 +372,10 @@ def bench(
     ] = "none",
     quick: Annotated[
         bool,
-        typer.Option("--quick", help="A first look in under 3 minutes on 2 cores: 64x64 images, 3 epochs, 2 repeats."),
+        typer.Option("--quick", help="A first look in under 3 minutes on 2 cores: 128x128 images, 3 epochs, 2 repeats."),
     ] = False,
     image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Override the image size (default 224, 64 with --quick).")
+        int | None, typer.Option("--image-size", help="Override the image size (default 224, 128 with --quick).")
     ] = None,
     epochs: Annotated[
         int | None, typer.Option("--epochs", help="Override the epochs per run (default 13, 3 with --quick).")
