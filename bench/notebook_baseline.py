@@ -26,6 +26,11 @@ from pathlib import Path
 import numpy as np
 
 
+def _endless(flow):
+    while True:
+        yield next(flow)
+
+
 def notebook_run(
     images: np.ndarray,
     labels: np.ndarray,
@@ -70,8 +75,10 @@ def notebook_run(
             zoom_range=[0.8, 1.4], horizontal_flip=True, preprocessing_function=preprocess_input,
         )  # fmt: skip
         val_gen = ImageDataGenerator(preprocessing_function=preprocess_input)
-        train_flow = train_gen.flow(images[train_idx], y[train_idx], batch_size=batch_size, seed=seed)
-        val_flow = val_gen.flow(images[val_idx], y[val_idx], batch_size=batch_size, seed=seed)
+        # Keras 2's fit_generator drew batches from these endless iterators; Keras 3 would treat
+        # them as finite datasets and stop early ("ran out of data"), so they are wrapped.
+        train_flow = _endless(train_gen.flow(images[train_idx], y[train_idx], batch_size=batch_size, seed=seed))
+        val_flow = _endless(val_gen.flow(images[val_idx], y[val_idx], batch_size=batch_size, seed=seed))
         with tempfile.TemporaryDirectory() as tmp:
             callbacks = [
                 keras.callbacks.EarlyStopping(monitor="val_categorical_accuracy", patience=patience),

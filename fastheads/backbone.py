@@ -11,6 +11,7 @@ under a chosen precision and optionally XLA-compiled.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,7 +260,21 @@ class Backbone:
 
 
 def prepare(weights: str, arch: str, image_size: int, precision: str, xla: str) -> Backbone:
-    """Build VGG16, load its weights (random ones always from seed 0), compile the frozen part."""
+    """Build VGG16, load its weights (random ones always from seed 0), compile the frozen part.
+
+    Memoised per process on the weights file's identity (path, size, mtime): a notebook or
+    `fastheads tp` training many heads pays for building the 138M-parameter network once.
+    Its frozen layers never change; the fc layers are restored from `pristine_top` per run.
+    """
+    stamp = ""
+    if weights not in ("none", "imagenet") and Path(weights).is_file():
+        st = Path(weights).stat()
+        stamp = f"{Path(weights).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return _prepare(weights, stamp, arch, image_size, precision, xla)
+
+
+@functools.lru_cache(maxsize=2)
+def _prepare(weights: str, stamp: str, arch: str, image_size: int, precision: str, xla: str) -> Backbone:
     vgg = build_vgg16(image_size)
     desc = load_weights(vgg, weights, need_top=arch == "vgg16", seed=0)
     prec, use_xla = resolve_precision(precision), resolve_xla(xla)

@@ -30,6 +30,7 @@ class BenchPlan:
     image_size: int = 224
     epochs: int = 13
     repeats: int = 5  # question 1's five runs
+    patience: int | None = None  # None: no early stopping, so every phase trains the same epochs
     floor_batches: int = 4  # batches of 32 timed per floor measurement
     precisions: tuple[str, ...] = ()  # empty: fp32, plus bf16/fp16 where the hardware has them
     quick: bool = False
@@ -139,8 +140,9 @@ def run_bench(plan: BenchPlan, out: str | Path = "bench/results", say=print) -> 
     ds = load_images(data, classes)
     images = resize_images(ds.images, plan.image_size)
     split = stratified_split(ds.labels, 0.3, seed=0)
+    patience = plan.patience if plan.patience is not None else plan.epochs
     common = dict(data=data, classes=classes, weights=plan.weights, image_size=plan.image_size, epochs=plan.epochs,
-                  verbose=False, overwrite=True, xla="auto")  # fmt: skip
+                  patience=patience, verbose=False, overwrite=True, xla="auto")  # fmt: skip
     results: dict = {
         "plan": asdict(plan), "machine": machine_name(), "date": time.strftime("%Y-%m-%d %H:%M"),
         "n_images": len(ds), "n_train": len(split[0]), "n_val": len(split[1]),
@@ -168,7 +170,8 @@ def run_bench(plan: BenchPlan, out: str | Path = "bench/results", say=print) -> 
             phase(f"floor (xla {'on' if xla else 'off'})", p,
                   lambda p=p, x=xla: {"images_per_s": floor_throughput(bb.vgg, images, p, x, plan.floor_batches)})  # fmt: skip
         b = phase("baseline: notebook pipeline, 1 run", p, lambda p=p: baseline.notebook_run(
-            images, ds.labels, ds.n_classes, weights, split, epochs=plan.epochs, precision=p))  # fmt: skip
+            images, ds.labels, ds.n_classes, weights, split, epochs=plan.epochs, patience=patience,
+            precision=p))  # fmt: skip
         b["val_acc_best"] = max(b["history"]["val_categorical_accuracy"])
         phase("fastheads uncached, 1 run", p, lambda p=p: _run(train, common, p, work / f"u-{p}"))
         cache_dir = work / f"cache-{p}"
@@ -244,7 +247,9 @@ def table(results: dict) -> str:
     lines = [
         f"fastheads bench on {results['machine']}, {results['date']}: {results['n_images']} images "
         f"({results['data']}), {plan['image_size']}x{plan['image_size']}, {plan['epochs']} epochs, "
-        f"weights {plan['weights']}" + (" -- QUICK MODE: fewer images, epochs and repeats" if plan["quick"] else ""),
+        f"weights {plan['weights']}, early stopping "
+        + ("off (every phase trains every epoch)" if plan["patience"] is None else f"patience {plan['patience']}")
+        + (" -- QUICK MODE: smaller images, fewer epochs and repeats" if plan["quick"] else ""),
         "",
         "| phase | precision | time (s) | images/s | val acc | peak RSS (GB) |",
         "|---|---|---:|---:|---:|---:|",

@@ -357,6 +357,58 @@ def demo(
     guarded(body)
 
 
+# --------------------------------------------------------------------------- tp
+
+
+@app.command()
+def tp(
+    root: Annotated[
+        Path | None, typer.Argument(help="The course folder (imagenet_dataset/, flowers_dataset/); or give --data etc.")
+    ] = None,
+    data: Data = None,
+    classes: Classes = None,
+    weights: Weights = None,
+    holdout: Annotated[
+        Path | None, typer.Option("--holdout", help="The holdout HDF5 (flowers_holdout.h5) for questions 5-7.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for every run, the course's model files and report.md.")
+    ] = Path("tp"),
+    repeats: Annotated[
+        int, typer.Option("--repeats", help="Runs of questions 1 and 8, each with its own split and seed.")
+    ] = 5,
+    ablation_repeats: Annotated[
+        int, typer.Option("--ablation-repeats", help="Runs per configuration of the question-7 ablation.")
+    ] = 3,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smoke version: every question with 2 epochs, 2 views, at most 2 repeats.")
+    ] = False,
+    only: Annotated[
+        str | None, typer.Option("--only", help="Comma-separated questions to run, e.g. Q1,Q5 (Q5 brings Q4).")
+    ] = None,
+    image_size: ImageSize = 224,
+    cache_dir: CacheDir = "cache",
+    precision: Precision = "auto",
+) -> None:
+    """Run every experiment of the practical work (questions 1-8), sharing feature stores, and write report.md."""
+
+    def body() -> None:
+        from fastheads.tp import options_from_root, run_tp
+
+        for name, n in (("--repeats", repeats), ("--ablation-repeats", ablation_repeats)):
+            if n < 1:
+                raise UserError(f"{name} must be at least 1, got {n}.")
+        opt = options_from_root(
+            str(root) if root else None, data=str(data) if data else None, classes=str(classes) if classes else None,
+            weights=weights, holdout=str(holdout) if holdout else None, out=str(out), repeats=repeats,
+            ablation_repeats=ablation_repeats, quick=quick, only=tuple(s.strip() for s in (only or "").split(",") if s.strip()),
+            image_size=image_size, cache_dir=cache_dir, precision=precision,
+        )  # fmt: skip
+        run_tp(opt)
+
+    guarded(body)
+
+
 # --------------------------------------------------------------------------- bench
 
 
@@ -372,7 +424,9 @@ def bench(
     ] = "none",
     quick: Annotated[
         bool,
-        typer.Option("--quick", help="A first look in under 3 minutes on 2 cores: 128x128 images, 3 epochs, 2 repeats."),
+        typer.Option(
+            "--quick", help="A first look in under 3 minutes on 2 cores: 128x128 images, 3 epochs, 2 repeats."
+        ),
     ] = False,
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="Override the image size (default 224, 128 with --quick).")
