@@ -70,6 +70,14 @@ def _check_images(arr: np.ndarray, where: str) -> None:
             f"{where}: pixel values must lie in 0..255, found {lo:g}..{hi:g} "
             "(images scaled to 0..1 or already preprocessed are not accepted)."
         )
+    if 0 < hi <= 1:
+        raise UserError(
+            f"{where}: every pixel value lies in 0..1 (largest {hi:g}): these images look scaled to 0..1; "
+            "fastheads expects 0..255 (multiply them by 255)."
+        )
+
+
+MAX_CLASSES_WITHOUT_NAMES = 10_000  # larger labels without --classes are a broken file, not 10k+ classes
 
 
 def check_labels(labels: np.ndarray, n_images: int, where: str, n_classes: int | None) -> np.ndarray:
@@ -81,20 +89,27 @@ def check_labels(labels: np.ndarray, n_images: int, where: str, n_classes: int |
         raise UserError(f"{where}: 'labels' must have shape (N,) or (N, 1), got {labels.shape}.")
     if len(labels) != n_images:
         raise UserError(f"{where}: {len(labels)} labels for {n_images} images; they must match.")
+    if len(labels) == 0:
+        raise UserError(f"{where}: no labels.")
     if np.issubdtype(labels.dtype, np.floating):
         if not np.isfinite(labels).all() or not np.all(labels == np.round(labels)):
             raise UserError(f"{where}: labels must be whole numbers (class indices).")
     elif not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"{where}: labels have dtype {labels.dtype}; expected integers.")
-    labels = labels.astype(np.int64)
-    if labels.min() < 0:
-        raise UserError(f"{where}: label {int(labels.min())} is negative.")
-    if n_classes is not None and labels.max() >= n_classes:
+    # range checks before the cast to int64, which would wrap 2**63 or 1e30 into garbage
+    lo, hi = labels.min(), labels.max()
+    if lo < 0:
+        raise UserError(f"{where}: label {int(lo)} is negative.")
+    if n_classes is not None and hi >= n_classes:
         raise UserError(
-            f"{where}: label {int(labels.max())} is out of range for {n_classes} class names "
-            f"(valid: 0..{n_classes - 1})."
+            f"{where}: label {int(hi)} is out of range for {n_classes} class names (valid: 0..{n_classes - 1})."
         )
-    return labels
+    if n_classes is None and hi >= MAX_CLASSES_WITHOUT_NAMES:
+        raise UserError(
+            f"{where}: label {int(hi)} without a class-names file; pass --classes FILE (one name per line) "
+            "or check the labels."
+        )
+    return labels.astype(np.int64)
 
 
 def _open_h5(path: Path):
@@ -110,26 +125,44 @@ def _open_h5(path: Path):
         raise UserError(f"{path}: not a readable HDF5 file ({e.__class__.__name__}).") from e
 
 
+def _read_dataset(f, key: str, path: Path, required: bool = True) -> np.ndarray | None:
+    """`f[key]` as an array; a missing key, a group, a dangling link or unreadable data is a UserError."""
+    import h5py
+
+    try:
+        if key not in f:
+            if not required:
+                return None
+            raise UserError(f"{path}: no '{key}' dataset (found: {', '.join(sorted(f.keys())) or 'nothing'}).")
+        obj = f[key]
+        if not isinstance(obj, h5py.Dataset):
+            raise UserError(f"{path}: '{key}' is a {type(obj).__name__.lower()}, not a dataset.")
+        value = obj[()]
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # h5py's ways of saying "broken"
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else e.__class__.__name__
+        raise UserError(f"{path}: cannot read '{key}' ({first}); the file may be truncated or damaged.") from e
+    if isinstance(value, h5py.Empty):
+        raise UserError(f"{path}: '{key}' is an empty dataset (no data space).")
+    return np.asarray(value)
+
+
 def load_h5(path: str | Path, class_names: list[str] | None = None) -> ImageSet:
     """Read the course layout: `images` (N,H,W,3) 0-255, `labels` (N,) or (N,1), optional `filenames`."""
     path = Path(path)
     with _open_h5(path) as f:
-        for key in ("images", "labels"):
-            if key not in f:
-                raise UserError(f"{path}: no '{key}' dataset (found: {', '.join(sorted(f.keys())) or 'nothing'}).")
-        try:
-            images = np.asarray(f["images"][()])
-            labels = np.asarray(f["labels"][()])
-            raw_names = np.asarray(f["filenames"][()]).reshape(-1) if "filenames" in f else None
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot read its datasets ({e}); the file may be truncated.") from e
+        images = _read_dataset(f, "images", path)
+        labels = _read_dataset(f, "labels", path)
+        raw_names = _read_dataset(f, "filenames", path, required=False)
+    raw_names = None if raw_names is None else raw_names.reshape(-1)
     _check_images(images, str(path))
     n_cls = len(class_names) if class_names else None
     labels = check_labels(labels, len(images), str(path), n_cls)
     if raw_names is not None:
         if len(raw_names) != len(images):
             raise UserError(f"{path}: {len(raw_names)} filenames for {len(images)} images; they must match.")
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
+        names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw_names]
     else:
         names = [f"{i:04d}" for i in range(len(images))]
     return ImageSet(images, labels, names, str(path), list(class_names or []))
@@ -141,7 +174,8 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)  # drops alpha
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        # PIL reports damaged files as any of these (SyntaxError: "broken PNG file")
         raise UserError(f"{path}: cannot read this image ({e.__class__.__name__}).") from e
 
 
@@ -165,12 +199,21 @@ def load_folder(
     if not labels_csv.is_file():
         raise UserError(f"{labels_csv}: labels CSV not found.")
     rows = []
-    with open(labels_csv, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"file", "label"} <= set(reader.fieldnames):
-            raise UserError(f"{labels_csv}: expected a header with columns 'file,label', got {reader.fieldnames}.")
-        for row in reader:
-            rows.append((row["file"], row["label"]))
+    try:
+        with open(labels_csv, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"file", "label"} <= set(reader.fieldnames):
+                raise UserError(f"{labels_csv}: expected a header with columns 'file,label', got {reader.fieldnames}.")
+            for row in reader:
+                if row["file"] is None or row["label"] is None:  # a short line
+                    raise UserError(
+                        f"{labels_csv}: line {reader.line_num} has no {'file' if row['file'] is None else 'label'}."
+                    )
+                rows.append((row["file"], row["label"]))
+    except UnicodeDecodeError:
+        raise UserError(f"{labels_csv}: not a UTF-8 text file (expected a CSV with columns file,label).") from None
+    except csv.Error as e:
+        raise UserError(f"{labels_csv}: not a readable CSV ({e}).") from None
     if not rows:
         raise UserError(f"{labels_csv}: no rows.")
     images, labels = [], []

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fastheads.config import TrainConfig
-from fastheads.pipeline import FeatureSource
+from fastheads.pipeline import FeatureSource, is_oom
 from fastheads.runio import atomic_write, write_json
 
 
@@ -38,6 +39,7 @@ class LoopState:
     n_train_used: int = 0
     n_val_used: int = 0
     feature_s: float = 0.0
+    batch_size_used: int = 0  # the effective batch size: --batch-size, or less after out-of-memory halvings
 
 
 def improved(monitor: str, current: float, best: float) -> bool:
@@ -145,10 +147,7 @@ def run_epochs(
         state.feature_s += time.perf_counter() - t0
         order, val_sel = epoch_batches(cfg, seed, epoch, len(train_idx), len(val_idx))
         state.n_train_used, state.n_val_used = len(order), len(val_sel)
-        h = head.fit(
-            x_tr[order], y_tr[order], batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0,
-            validation_data=(x_val[val_sel], y_val[val_sel]),
-        )  # fmt: skip
+        h = _fit_epoch(head, state, cfg, epoch, (x_tr[order], y_tr[order]), (x_val[val_sel], y_val[val_sel]))
         logs = {k: float(v[-1]) for k, v in h.history.items()}
         for k, v in logs.items():
             state.history.setdefault(k, []).append(v)
@@ -163,6 +162,7 @@ def run_epochs(
         say(
             f"Epoch {epoch + 1}/{cfg.epochs} - {time.perf_counter() - t0:.1f}s - "
             + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            + (f" - batch size {state.batch_size_used}" if state.batch_size_used != cfg.batch_size else "")
             + mark
         )
         if state.wait >= cfg.patience and state.wait > 0 and state.epochs_done < cfg.epochs:
@@ -170,3 +170,46 @@ def run_epochs(
             state.finished = True
         checkpoint.save(state, head, best_weights)
     return state, best_weights
+
+
+def _fit_epoch(head, state: LoopState, cfg: TrainConfig, epoch: int, train, val):
+    """One `head.fit` epoch; out of memory restores the weights and retries it with half the batch (down to 1).
+
+    The smaller batch is kept for the rest of the run (and a resumed run) and recorded in
+    `state.batch_size_used`: it changes the numbers, so it must never go unnoticed.
+    """
+    batch = state.batch_size_used or cfg.batch_size
+    snapshot = _snapshot(head)
+    while True:
+        try:
+            h = head.fit(*train, batch_size=batch, epochs=1, shuffle=False, verbose=0, validation_data=val)
+            break
+        except Exception as e:
+            if not is_oom(e) or batch == 1:
+                raise
+            smaller = max(1, batch // 2)
+            warnings.warn(
+                f"out of memory training epoch {epoch + 1} at batch size {batch}; retrying the epoch with "
+                f"batch size {smaller}. The effective batch size changed (--batch-size {cfg.batch_size}), "
+                "so the results differ from a run at that size; run.json records the batch size used.",
+                stacklevel=3,
+            )
+            _restore(head, snapshot)  # undo the steps the failed attempt made
+            batch = smaller
+    state.batch_size_used = batch
+    return h
+
+
+def _variables(head) -> list:
+    if not head.optimizer.built:
+        head.optimizer.build(head.trainable_variables)
+    return [*head.trainable_weights, *head.optimizer.variables]
+
+
+def _snapshot(head) -> list[np.ndarray]:
+    return [np.array(v.numpy(), copy=True) for v in _variables(head)]
+
+
+def _restore(head, snapshot: list[np.ndarray]) -> None:
+    for var, value in zip(_variables(head), snapshot, strict=True):
+        var.assign(value)

@@ -133,10 +133,57 @@ def run_tp(opt: TpOptions, say=print) -> dict:
         results["experiments"][exp.qid] = entry
         say(f"    done in {entry['seconds']:.1f}s")
     results["total_s"] = time.perf_counter() - t_start
-    report = write_report(results, plan, opt)
+    times = _merge_times(out, {q: e["seconds"] for q, e in results["experiments"].items() if e["seconds"] > 0.5})
+    whole = [(e, config_for(e, opt)) for e in select([])]
+    for exp, cfg in whole:  # the report covers every finished experiment, not only this invocation's
+        if exp.qid not in results["experiments"]:
+            earlier = _finished(exp, cfg, out)
+            if earlier is not None:
+                results["experiments"][exp.qid] = earlier
+    for qid, entry in results["experiments"].items():
+        entry["seconds"] = times.get(qid, entry["seconds"])
+    report = write_report(results, whole, opt)
     say(f"fastheads tp: report written to {report}")
     results["report"] = report
     return results
+
+
+def _finished(exp: Experiment, cfg: TrainConfig, out: Path) -> dict | None:
+    """An experiment finished by an earlier invocation with this very configuration, else None."""
+    from fastheads.train import finished_run
+
+    dirs = [Path(cfg.out)] if cfg.repeats == 1 else [Path(cfg.out) / f"run_{r + 1:02d}" for r in range(cfg.repeats)]
+    runs = [finished_run(d, cfg, cfg.seed + r) for r, d in enumerate(dirs)]
+    if any(r is None for r in runs):
+        return None
+    entry: dict = {"config": cfg, "runs": dirs, "seconds": 0.0}
+    if exp.model_name and (out / "models" / exp.model_name).is_file():
+        entry["course_model"] = out / "models" / exp.model_name
+    key = (lambda r: -r.best_value) if cfg.monitor.endswith("loss") else (lambda r: r.best_value)
+    best = max(runs, key=key)
+    metrics = best.out_dir / "holdout" / "metrics.json"
+    if exp.holdout and metrics.is_file():
+        import json
+
+        acc = json.loads(metrics.read_text())["accuracy"]
+        entry["eval"] = {"accuracy": acc, "dir": best.out_dir / "holdout", "model": best.model_path}
+    return entry
+
+
+def _merge_times(out: Path, new: dict[str, float]) -> dict[str, float]:
+    """Seconds per experiment, kept across invocations in out/tp_times.json."""
+    import json
+
+    from fastheads.runio import write_json
+
+    path = out / "tp_times.json"
+    try:
+        times = json.loads(path.read_text())
+    except (OSError, ValueError):
+        times = {}
+    times.update(new)
+    write_json(path, times)
+    return times
 
 
 def _best_run(res, cfg: TrainConfig):

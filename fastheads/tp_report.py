@@ -95,8 +95,9 @@ def write_report(results: dict, plan: list, opt) -> Path:
     out = Path(opt.out)
     exps = results["experiments"]
     doc = ["# fastheads tp: the practical work, measured", "",
-           f"Data: {opt.data}; weights: {opt.weights}; holdout: {opt.holdout or 'none'}; "
-           f"total time {results['total_s']:.0f} s (estimated {results['estimate_s']:.0f} s)."
+           f"Data: {opt.data}; weights: {opt.weights}; holdout: {opt.holdout or 'none'}. "
+           f"Training time of the experiments: {sum(e['seconds'] for e in exps.values()):.0f} s "
+           f"(the last invocation took {results['total_s']:.0f} s, estimated {results['estimate_s']:.0f} s)."
            + (" QUICK MODE: tiny budgets, for a first look only." if opt.quick else ""), ""]  # fmt: skip
     data: dict = {}
     for exp, cfg in plan:
@@ -106,7 +107,8 @@ def write_report(results: dict, plan: list, opt) -> Path:
         rows = [run_row(d) for d in dirs]
         pic = report_runs(dirs, out / exp.qid / "figures", title=f"{exp.qid}: {exp.title}")
         data[exp.qid] = {"rows": rows, "eval": exps[exp.qid].get("eval")}
-        doc += [f"## {exp.qid}. {exp.title}", "", f"Difference from the base run: {differences(cfg)}.", ""]
+        doc += [f"## {exp.qid}. {exp.title}", "", f"Difference from the base run: {differences(cfg)}. "
+                f"Time: {exps[exp.qid]['seconds']:.1f} s.", ""]  # fmt: skip
         doc += runs_table(rows) + [""] + observations(rows) + [""]
         doc.append(f"![curves]({Path(pic['files']['report']).relative_to(out)})")
         if exp.model_name and "course_model" in exps[exp.qid]:

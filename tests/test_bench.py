@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import SIZE
 from fastheads.bench import BenchPlan, run_bench
+
+from conftest import SIZE
 
 
 def test_bench_smallest_mode_writes_its_table(tmp_path, tiny_h5, tiny_classes):

@@ -9,10 +9,11 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import SIZE, write_keras2_weights
 
 from fastheads import backbone, heads
 from fastheads.errors import UserError
+
+from conftest import SIZE, write_keras2_weights
 
 
 def test_layer_names_are_keras_applications():

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SIZE
 from fastheads.cli import app
 from fastheads.demo import make_demo_images
+
+from conftest import SIZE
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,7 @@ def test_tp_quick_writes_every_question(tmp_path, course_root):
                                      "--cache-dir", str(tmp_path / "cache"), "--ablation-repeats", "1", "--only", "Q1"])  # fmt: skip
     assert again.exit_code == 0, again.output
     assert (out / "Q1" / "run_01" / "model.keras").stat().st_mtime_ns == before
+    assert (out / "report.md").read_text().count("\n## Q") == md.count("\n## Q")  # the report still has them all
 
 
 def test_tp_bad_only(tmp_path, course_root):

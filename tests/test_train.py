@@ -7,13 +7,14 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import SIZE
 from typer.testing import CliRunner
 
 from fastheads.cli import app
 from fastheads.errors import UserError
 from fastheads.split import stratified_split
 from fastheads.train import train
+
+from conftest import SIZE
 
 FAST = dict(image_size=SIZE, epochs=3, patience=3, batch_size=8, verbose=False)
 
