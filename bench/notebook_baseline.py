@@ -49,8 +49,8 @@ def notebook_run(
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
     policy = keras.config.dtype_policy()
-    if precision == "bf16":
-        keras.config.set_dtype_policy("mixed_bfloat16")
+    if precision in ("bf16", "fp16"):  # what a notebook user would do: a Keras mixed-precision policy
+        keras.config.set_dtype_policy({"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision])
     try:
         keras.utils.set_random_seed(seed)
         size = images.shape[1]
