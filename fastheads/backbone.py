@@ -221,10 +221,16 @@ def resolve_xla(xla: str) -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def frozen_fn(model, cut: str, precision: str = "fp32", xla: bool = False):
-    """images (caffe-preprocessed, float32) -> features at `cut` (float32), as a tf.function."""
+def frozen_fn(model, cut: str, precision: str = "fp32", xla: bool = False, strategy=None):
+    """images (caffe-preprocessed, float32) -> features at `cut` (float32), as a tf.function.
+
+    With a tf.distribute `strategy` of several replicas the weights become mirrored
+    variables (one copy per device, not one host constant copied at every call) and the
+    function splits each batch across the replicas (see distribute.py).
+    """
     import tensorflow as tf
 
+    spread = strategy is not None and strategy.num_replicas_in_sync > 1
     dtype = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}[precision]
     layers = CONV_LAYERS[: CONV_LAYERS.index(cut) + 1]
     params = []
@@ -233,7 +239,11 @@ def frozen_fn(model, cut: str, precision: str = "fp32", xla: bool = False):
             params.append(None)
         else:
             k, b = model.get_layer(name).get_weights()
-            params.append((tf.constant(k, dtype), tf.constant(b, dtype)))
+            if spread:
+                with strategy.scope():
+                    params.append(tuple(tf.Variable(tf.constant(w, dtype), trainable=False) for w in (k, b)))
+            else:
+                params.append((tf.constant(k, dtype), tf.constant(b, dtype)))
 
     def forward(x):
         x = tf.cast(x, dtype)
@@ -244,7 +254,12 @@ def frozen_fn(model, cut: str, precision: str = "fp32", xla: bool = False):
                 x = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, p[0], 1, "SAME"), p[1]))
         return tf.cast(x, tf.float32)
 
-    return tf.function(forward, jit_compile=xla, reduce_retracing=True)
+    fn = tf.function(forward, jit_compile=xla, reduce_retracing=True)
+    if not spread:
+        return fn
+    from fastheads.distribute import replicated_fn
+
+    return replicated_fn(fn, strategy)
 
 
 @dataclass
@@ -257,10 +272,14 @@ class Backbone:
     precision: str
     xla: bool
     pristine_top: dict  # fc1/fc2 weights as loaded, restored before every repeat
+    strategy: object = None  # the tf.distribute.Strategy the base runs under (heads are built in its scope)
+    strategy_desc: str = "default x1"
 
 
-def prepare(weights: str, arch: str, image_size: int, precision: str, xla: str) -> Backbone:
+def prepare(weights: str, arch: str, image_size: int, precision: str, xla: str, strategy: str = "default") -> Backbone:
     """Build VGG16, load its weights (random ones always from seed 0), compile the frozen part.
+
+    `strategy` (see distribute.py) spreads the frozen part over several devices.
 
     Memoised per process on the weights file's identity (path, size, mtime): a notebook or
     `fastheads tp` training many heads pays for building the 138M-parameter network once.
@@ -270,14 +289,18 @@ def prepare(weights: str, arch: str, image_size: int, precision: str, xla: str) 
     if weights not in ("none", "imagenet") and Path(weights).is_file():
         st = Path(weights).stat()
         stamp = f"{Path(weights).resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    return _prepare(weights, stamp, arch, image_size, precision, xla)
+    return _prepare(weights, stamp, arch, image_size, precision, xla, strategy)
 
 
 @functools.lru_cache(maxsize=2)
-def _prepare(weights: str, stamp: str, arch: str, image_size: int, precision: str, xla: str) -> Backbone:
+def _prepare(weights: str, stamp: str, arch: str, image_size: int, precision: str, xla: str,
+             strategy: str = "default") -> Backbone:  # fmt: skip
+    from fastheads.distribute import resolve_strategy, strategy_name
+
+    dist = resolve_strategy(strategy)  # first: MultiWorker/TPU set-up wants to come before other TF work
     vgg = build_vgg16(image_size)
     desc = load_weights(vgg, weights, need_top=arch == "vgg16", seed=0)
     prec, use_xla = resolve_precision(precision), resolve_xla(xla)
-    fn = frozen_fn(vgg, cut_layer(arch), prec, use_xla)
+    fn = frozen_fn(vgg, cut_layer(arch), prec, use_xla, dist)
     pristine = {n: vgg.get_layer(n).get_weights() for n in ("fc1", "fc2")}
-    return Backbone(vgg, fn, desc, prec, use_xla, pristine)
+    return Backbone(vgg, fn, desc, prec, use_xla, pristine, dist, strategy_name(dist))

@@ -22,7 +22,7 @@ from fastheads.data import ImageSet
 from fastheads.errors import UserError
 from fastheads.feature_store import DamagedEntry, FeatureStore, entry_meta
 from fastheads.preprocess import RESIZE_METHOD
-from fastheads.runio import atomic_write
+from fastheads.store_io import RemotePath, is_url, load_npy, location, save_npy, size_bytes, write_whole
 
 
 def key_inputs(cfg: TrainConfig, ds: ImageSet, precision: str, xla: bool) -> KeyInputs:
@@ -30,7 +30,7 @@ def key_inputs(cfg: TrainConfig, ds: ImageSet, precision: str, xla: bool) -> Key
 
     views = 0 if cfg.augment.is_identity else cfg.n_views
     return KeyInputs(
-        weights=weights_identity(cfg.weights, 0, cfg.cache_dir),
+        weights=weights_identity(cfg.weights, 0, None if is_url(cfg.cache_dir) else location(cfg.cache_dir)),
         pixels=pixels_hash(ds.images),
         n_images=len(ds),
         image_size=cfg.image_size,
@@ -48,7 +48,7 @@ def key_inputs(cfg: TrainConfig, ds: ImageSet, precision: str, xla: bool) -> Key
 
 
 def open_entry(cfg: TrainConfig, ds: ImageSet, vgg, precision: str, xla: bool) -> FeatureStore:
-    root = Path(cfg.cache_dir)
+    root = location(cfg.cache_dir)  # a local folder, or a URL (gs://, s3://, memory://): see store_io.py
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -131,18 +131,16 @@ class StoreSource:
         path = self.entry.path / "derived" / self.dense_name / f"v{view:04d}.npy"
         if path.is_file():
             try:
-                arr = np.load(path, allow_pickle=False)
-                crc = json.loads(path.with_suffix(".json").read_text())["crc"]
+                arr = load_npy(path)
+                crc = json.loads((path.parent / f"{path.stem}.json").read_text())["crc"]
                 if zlib.crc32(arr.tobytes()) == crc:
                     return arr
             except (OSError, ValueError, KeyError):
                 pass  # damaged or half-written: recompute below
         arr = self.dense(self._read(np.arange(self.entry.n_images), view)).astype(np.float32)
         try:
-            atomic_write(path, lambda p: np.save(p, arr, allow_pickle=False), ".npy")
-            atomic_write(
-                path.with_suffix(".json"), lambda p: p.write_text(json.dumps({"crc": zlib.crc32(arr.tobytes())}))
-            )
+            save_npy(path, arr)
+            write_whole(path.parent / f"{path.stem}.json", json.dumps({"crc": zlib.crc32(arr.tobytes())}).encode())
         except UserError:
             pass  # a read-only shared store: keep it in memory only
         return arr
@@ -183,7 +181,7 @@ def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureSto
         raise UserError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}.")
     say: Callable[[str], None] = print if cfg.verbose else (lambda s: None)
     ds = load_images(cfg.data, cfg.classes, cfg.labels_csv)
-    bb = prepare(cfg.weights, cfg.arch, cfg.image_size, cfg.precision, cfg.xla)
+    bb = prepare(cfg.weights, cfg.arch, cfg.image_size, cfg.precision, cfg.xla, cfg.strategy)
     entry = open_entry(cfg, ds, bb.vgg, bb.precision, bb.xla)
     if entry.complete:
         say(f"fastheads: feature store hit: {entry.path}")
@@ -194,10 +192,10 @@ def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureSto
     return entry
 
 
-def describe_entry(path: Path) -> dict:
+def describe_entry(path: Path | RemotePath) -> dict:
     """A human summary of one entry for `fastheads cache ls`."""
     meta = entry_meta(path).get("key_inputs", {})
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    size = size_bytes(path)
     n_units = -(-meta.get("n_images", 0) * (1 + meta.get("views", 0)) // max(meta.get("unit", 32), 1))
     done = len(list((path / "units").glob("u*.json"))) if (path / "units").is_dir() else 0
     aug = json.loads(meta["augment"]) if "augment" in meta else {}
@@ -220,7 +218,7 @@ def describe_entry(path: Path) -> dict:
     }
 
 
-def verify_entry(path: Path) -> str:
+def verify_entry(path: Path | RemotePath) -> str:
     """'ok', 'partial (not checked)', or 'DAMAGED: n rows' (then its damaged units are forgotten)."""
     meta = entry_meta(path).get("key_inputs")
     if not meta or not (path / "COMPLETE").is_file():

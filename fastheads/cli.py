@@ -122,10 +122,23 @@ Precision = Annotated[
     ),
 ]
 Xla = Annotated[str, typer.Option("--xla", help="XLA-compile the frozen base: auto (on for GPUs), on, off.")]
+Strategy = Annotated[
+    str,
+    typer.Option(
+        "--strategy",
+        help="Devices to spread the work over: auto (a TPU if present, else all local GPUs, else one device), default (one device), mirrored (all local GPUs), multiworker (machines in TF_CONFIG) or tpu.",
+    ),
+]
 Views = Annotated[
     int | None, typer.Option("--views", help="Augmented views per image in the feature store (default: --epochs).")
 ]
-CacheDir = Annotated[str, typer.Option("--cache-dir", help="Root folder of the feature store.")]
+CacheDir = Annotated[
+    str,
+    typer.Option(
+        "--cache-dir",
+        help="Root of the feature store: a folder, or a URL fsspec knows (gs://bucket/cache, s3://..., memory://) to share one store between machines.",
+    ),
+]
 CacheDtype = Annotated[str, typer.Option("--cache-dtype", help="float16 (default, half the size) or float32.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="Print only errors.")]
 
@@ -178,6 +191,7 @@ def train(
     ] = False,
     precision: Precision = "auto",
     xla: Xla = "auto",
+    strategy: Strategy = "auto",
     cache: Annotated[
         bool,
         typer.Option(
@@ -208,7 +222,7 @@ def train(
             train_layers=train_layers, image_size=image_size, augment=augment, augment_seed=augment_seed,
             lr=lr, momentum=momentum, nesterov=nesterov, decay=decay, batch_size=batch_size, epochs=epochs,
             patience=patience, monitor=monitor, val_split=val_split, seed=seed, repeats=repeats,
-            faithful=faithful, precision=precision, xla=xla, cache=cache, views=views, cache_dir=cache_dir,
+            faithful=faithful, precision=precision, xla=xla, strategy=strategy, cache=cache, views=views, cache_dir=cache_dir,
             cache_dtype=cache_dtype, out=str(out), overwrite=overwrite, resume=resume, verbose=not quiet,
         )  # fmt: skip
         run_train(cfg)
@@ -236,6 +250,7 @@ def cache_build(
     views: Views = None,
     precision: Precision = "auto",
     xla: Xla = "auto",
+    strategy: Strategy = "auto",
     cache_dir: CacheDir = "cache",
     cache_dtype: CacheDtype = "float16",
     shard: Annotated[
@@ -260,7 +275,7 @@ def cache_build(
         cfg = make_config(
             data=d, labels_csv=str(labels) if labels else None, weights=w, arch=arch, image_size=image_size,
             augment=augment, augment_seed=augment_seed, epochs=epochs, views=views, precision=precision,
-            xla=xla, cache_dir=cache_dir, cache_dtype=cache_dtype, verbose=not quiet,
+            xla=xla, strategy=strategy, cache_dir=cache_dir, cache_dtype=cache_dtype, verbose=not quiet,
         )  # fmt: skip
         build_cache(cfg, (i, n))
 

@@ -39,6 +39,7 @@ class TrainConfig:
     # --- speed
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (the frozen base only)
     xla: str = "auto"  # auto | on | off (the frozen base only)
+    strategy: str = "auto"  # auto | default | mirrored | multiworker | tpu (see distribute.py)
     # --- feature store
     cache: bool = False
     views: int | None = None  # augmented views per image in the store (default: epochs)
@@ -78,7 +79,10 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
+        from fastheads.distribute import check_strategy_name
         from fastheads.heads import check_head_args
+
+        check_strategy_name(self.strategy)
 
         check_head_args(self.arch, self.train_layers)
         return self

@@ -11,17 +11,17 @@ Work is cut into fixed units of 32 (image, view) pairs in view-major order, so a
 that is killed resumes with the units it had not finished and produces exactly the bytes
 an uninterrupted build would. A file lock serialises builders of one entry; readers
 check every row's CRC and rebuild what is damaged instead of using it.
+
+The root may be a local folder or an fsspec URL (gs://, s3://, memory://): see
+store_io.py for what changes remotely (no locks) and why the guarantees still hold.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import shutil
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,7 +31,8 @@ from fastheads.augment import AugmentSpec
 from fastheads.cache_key import UNIT, KeyInputs
 from fastheads.errors import UserError
 from fastheads.pipeline import extract_features
-from fastheads.runio import atomic_write
+from fastheads.store_io import RemotePath, load_npy, location, lock, rmtree, save_npy, write_whole
+from fastheads.store_io import size_bytes as _size_bytes
 
 
 class DamagedEntry(Exception):
@@ -44,22 +45,15 @@ def crc_rows(rows: np.ndarray) -> list[int]:
     return [zlib.crc32(np.ascontiguousarray(r).tobytes()) for r in rows]
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock that the OS releases if the holder dies (flock)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def file_lock(path: Path | RemotePath):
+    """An exclusive flock locally; no lock on a remote store (see store_io.py)."""
+    return lock(path)
 
 
 class FeatureStore:
     """One entry of the store. Create with `open_entry`; build with `build`; read with `read`."""
 
-    def __init__(self, path: Path, inputs: KeyInputs, feature_shape: tuple[int, ...]) -> None:
+    def __init__(self, path: Path | RemotePath, inputs: KeyInputs, feature_shape: tuple[int, ...]) -> None:
         self.path, self.inputs, self.feature_shape = path, inputs, tuple(feature_shape)
         self.n_images, self.n_views = inputs.n_images, 1 + inputs.views
         self.total = self.n_images * self.n_views
@@ -91,7 +85,7 @@ class FeatureStore:
         import zarr
 
         if self._array is None or mode != "r":
-            self._array = zarr.open_array(str(self.path / "features"), mode=mode)
+            self._array = zarr.open_array(str(self.path / "features"), mode=mode)  # a path or an fsspec URL
         return self._array
 
     def _create(self) -> None:
@@ -99,6 +93,14 @@ class FeatureStore:
 
         if (self.path / "features" / "zarr.json").is_file():
             return
+        try:
+            self._create_array()
+        except zarr.errors.ContainsArrayError:
+            pass  # a remote builder created it first: the same metadata, byte for byte
+
+    def _create_array(self) -> None:
+        import zarr
+
         zarr.create_array(
             store=str(self.path / "features"),
             shape=(self.n_images, self.n_views, *self.feature_shape),
@@ -155,7 +157,7 @@ class FeatureStore:
                 for (img, view), row in zip(up, unit_rows, strict=True):
                     arr[int(img), int(view)] = row
                 crcs = crc_rows(unit_rows)
-                atomic_write(self._marker(u), lambda p, c=crcs: p.write_text(json.dumps({"crc": c})))
+                write_whole(self._marker(u), json.dumps({"crc": crcs}).encode())  # after the unit's chunks
                 buf[:] = [rest] if len(rest) else []
                 have -= len(up)
                 state["unit"] += 1
@@ -164,7 +166,9 @@ class FeatureStore:
                     progress(len(up), len(pairs))
 
         try:
-            extract_features(base_fn, images, pairs, spec, self.inputs.augment_seed, UNIT, on_batch)
+            # One unit per replica per batch: each device sees the batch shape a single-device build uses.
+            batch = UNIT * getattr(base_fn, "replicas", 1)
+            extract_features(base_fn, images, pairs, spec, self.inputs.augment_seed, batch, on_batch)
         except OSError as e:
             raise UserError(f"{self.path}: writing features failed ({e.strerror}); rerun to resume.") from e
 
@@ -179,20 +183,20 @@ class FeatureStore:
                 crcs = json.loads(self._marker(u).read_text())["crc"]
                 for (img, view), c in zip(self.unit_pairs(u), crcs, strict=True):
                     sums[img, view] = c
-            atomic_write(self.path / "checksums.npy", lambda p: np.save(p, sums, allow_pickle=False), ".npy")
+            save_npy(self.path / "checksums.npy", sums)
             arr = self.array("r+")
             meta = dict(arr.attrs.get("fastheads", {}))
             meta["complete"] = True
             arr.attrs["fastheads"] = meta
             summary = {"key": self.key, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-            atomic_write(self.path / "COMPLETE", lambda p: p.write_text(json.dumps(summary) + "\n"))
+            write_whole(self.path / "COMPLETE", (json.dumps(summary) + "\n").encode())  # last
             self._array = None
             return True
 
     # ------------------------------------------------------------------ reading
     def checksums(self) -> np.ndarray:
         if self._checksums is None:
-            self._checksums = np.load(self.path / "checksums.npy", allow_pickle=False)
+            self._checksums = load_npy(self.path / "checksums.npy")
         return self._checksums
 
     def read(self, indices: np.ndarray, view: int) -> np.ndarray:
@@ -247,10 +251,10 @@ class FeatureStore:
         return bad
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return _size_bytes(self.path)
 
 
-def entry_meta(path: Path) -> dict:
+def entry_meta(path: Path | RemotePath) -> dict:
     """The key inputs stored in an entry's zarr attributes (empty if unreadable)."""
     try:
         meta = json.loads((path / "features" / "zarr.json").read_text())
@@ -259,16 +263,16 @@ def entry_meta(path: Path) -> dict:
         return {}
 
 
-def list_entries(root: str | Path) -> list[Path]:
-    root = Path(root)
+def list_entries(root: str | Path) -> list[Path | RemotePath]:
+    root = location(root)
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / "features").is_dir())
 
 
-def remove_entry(root: str | Path, key: str) -> Path:
-    path = Path(root) / key
+def remove_entry(root: str | Path, key: str) -> Path | RemotePath:
+    path = location(root) / key
     if not (path / "features").is_dir():
         raise UserError(f"no feature-store entry {key!r} under {root} (see `fastheads cache ls`).")
-    shutil.rmtree(path)
+    rmtree(path)
     return path

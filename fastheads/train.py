@@ -74,9 +74,10 @@ def train(config: TrainConfig | None = None, **kwargs) -> TrainResult:
     say: Callable[[str], None] = print if cfg.verbose else (lambda s: None)
     ds = load_images(cfg.data, cfg.classes, cfg.labels_csv)
     out = check_out_dir(cfg)
-    bb = backbone.prepare(cfg.weights, cfg.arch, cfg.image_size, cfg.precision, cfg.xla)
+    bb = backbone.prepare(cfg.weights, cfg.arch, cfg.image_size, cfg.precision, cfg.xla, cfg.strategy)
     say(f"fastheads: {len(ds)} images, {ds.n_classes} classes from {ds.source}")
-    say(f"fastheads: {bb.weights_desc}; frozen base at {bb.precision}, XLA {'on' if bb.xla else 'off'}")
+    say(f"fastheads: {bb.weights_desc}; frozen base at {bb.precision}, XLA {'on' if bb.xla else 'off'}"
+        + ("" if bb.strategy_desc == "default x1" else f", strategy {bb.strategy_desc}"))  # fmt: skip
     images = resize_images(ds.images, cfg.image_size)
     source: FeatureSource
     if cfg.cache:
@@ -138,17 +139,25 @@ def summarize(cfg: TrainConfig, runs: list[RunResult]) -> dict:
 
 
 def make_head(cfg: TrainConfig, bb: backbone.Backbone, n_classes: int, seed: int):
+    """The new head, built and compiled inside the strategy's scope: Keras then splits each
+    training batch across the replicas and all-reduces the gradients (see distribute.py)."""
+    import contextlib
+
     import keras
 
     for name, w in bb.pristine_top.items():
         bb.vgg.get_layer(name).set_weights(w)
-    head = heads.build_head(bb.vgg, cfg.arch, cfg.train_layers, n_classes, seed)
-    lr = keras.optimizers.schedules.InverseTimeDecay(cfg.lr, decay_steps=1, decay_rate=cfg.decay)
-    head.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, nesterov=cfg.nesterov),
-        loss="categorical_crossentropy",
-        metrics=["categorical_accuracy"],
-    )
+    multi = bb.strategy is not None and bb.strategy.num_replicas_in_sync > 1
+    with bb.strategy.scope() if multi else contextlib.nullcontext():
+        head = heads.build_head(bb.vgg, cfg.arch, cfg.train_layers, n_classes, seed)
+        lr = keras.optimizers.schedules.InverseTimeDecay(cfg.lr, decay_steps=1, decay_rate=cfg.decay)
+        head.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, nesterov=cfg.nesterov),
+            loss="categorical_crossentropy",
+            metrics=["categorical_accuracy"],
+        )
+        if multi:
+            head.optimizer.build(head.trainable_variables)  # its slots must be mirrored too
     return head
 
 
@@ -190,6 +199,7 @@ def train_one(
         "weights": bb.weights_desc,
         "precision": bb.precision,
         "xla": bb.xla,
+        "strategy": bb.strategy_desc,
         "resize": RESIZE_METHOD,
         "feature_source": "cache" if cfg.cache else "on the fly",
         "best_epoch": best_epoch,
