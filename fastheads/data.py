@@ -222,9 +222,12 @@ def load_folder(
         if not p.is_file():
             raise UserError(f"{p}: listed in {labels_csv.name} but not found.")
         try:
-            labels.append(int(label))
+            value = int(label)
         except ValueError:
             raise UserError(f"{labels_csv}: label {label!r} of {name} is not an integer.") from None
+        if not -(2**62) < value < 2**62:  # numpy would hold it as an object, not a class index
+            raise UserError(f"{labels_csv}: label {label.strip()} of {name} is out of any class range.")
+        labels.append(value)
         images.append(_read_image(p))
     labels_arr = check_labels(np.array(labels), len(images), str(labels_csv), len(class_names) if class_names else None)
     shapes = {im.shape for im in images}
