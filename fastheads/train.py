@@ -8,6 +8,7 @@ checkpoint follow Keras' rules (strict improvement, `patience` epochs without on
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,13 @@ def check_out_dir(cfg: TrainConfig) -> Path:
         raise UserError(
             f"--out {out}: already holds {existing[0]}; pass --overwrite to replace it or choose another --out."
         )
+    try:  # fail now, not after an hour of feature extraction
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".fastheads-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose another folder.") from e
     return out
 
 
@@ -195,6 +203,7 @@ def train_one(
         "data": {"source": ds.source, "n_images": len(ds), "class_names": ds.class_names},
         "split": {"train": train_idx.tolist(), "val": val_idx.tolist()},
         "training_images_per_epoch": state.n_train_used,
+        "batch_size_used": state.batch_size_used or cfg.batch_size,
         "validation_images_per_epoch": state.n_val_used,
         "weights": bb.weights_desc,
         "precision": bb.precision,
