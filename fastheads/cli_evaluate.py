@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Test a trained model on holdout images: per-image predictions, accuracy, confusion matrix, error pictures."""
-        from fastheads.cli import guarded
+        from fastheads.cli_common import guarded
 
         def body() -> None:
             from fastheads.evaluate import evaluate as run_evaluate
@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Compare training runs: their curves on one figure (mean and band over repeats) and a table of their numbers."""
-        from fastheads.cli import guarded
+        from fastheads.cli_common import guarded
 
         def body() -> None:
             from fastheads.report import report_runs
