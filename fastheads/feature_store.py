@@ -41,6 +41,13 @@ class DamagedEntry(Exception):
         self.units = units
 
 
+def contiguous_runs(pairs: np.ndarray) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of `pairs` (image, view) with one view and consecutive images."""
+    breaks = np.flatnonzero((np.diff(pairs[:, 1]) != 0) | (np.diff(pairs[:, 0]) != 1)) + 1
+    edges = [0, *breaks.tolist(), len(pairs)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
 def crc_rows(rows: np.ndarray) -> list[int]:
     return [zlib.crc32(np.ascontiguousarray(r).tobytes()) for r in rows]
 
@@ -154,8 +161,8 @@ class FeatureStore:
                     break
                 rows = np.concatenate(buf)
                 unit_rows, rest = rows[: len(up)], rows[len(up) :]
-                for (img, view), row in zip(up, unit_rows, strict=True):
-                    arr[int(img), int(view)] = row
+                for lo, hi in contiguous_runs(up):  # one zarr call per run: its chunks are written concurrently
+                    arr[int(up[lo, 0]) : int(up[hi - 1, 0]) + 1, int(up[lo, 1])] = unit_rows[lo:hi]
                 crcs = crc_rows(unit_rows)
                 write_whole(self._marker(u), json.dumps({"crc": crcs}).encode())  # after the unit's chunks
                 buf[:] = [rest] if len(rest) else []

@@ -522,7 +522,7 @@ def test_unwritable_train_out_is_exit_2_and_one_line(tmp_path, tiny_h5):
                                       "--out", str(blocker / "run")])  # fmt: skip
     assert res.exit_code == 2, res.output
     line = res.output.strip().splitlines()[-1]
-    assert line.startswith("fastheads: error:") and str(blocker) in line and "cannot write here" in line
+    assert line.startswith("fastheads: error:") and str(blocker) in line and "cannot write there" in line
     assert "Traceback" not in res.output
     assert blocker.read_text() == "x"
 
