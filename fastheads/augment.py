@@ -46,6 +46,11 @@ class AugmentSpec:
     def is_identity(self) -> bool:
         return self == replace(AugmentSpec(), fill_mode=self.fill_mode, cval=self.cval)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> AugmentSpec:
+        """The inverse of `asdict` (and of `canonical` after json.loads): JSON has lists, not tuples."""
+        return cls(**{**d, "zoom_range": tuple(d.get("zoom_range", (1.0, 1.0)))})
+
     def canonical(self) -> str:
         """A stable text form: part of the feature-cache key."""
         return json.dumps(asdict(self), sort_keys=True)

@@ -64,19 +64,6 @@ def build_vgg16(image_size: int = 224):
     )
 
 
-def weights_fingerprint(weights: str) -> str:
-    """What identifies the weights in a cache key: the file's content hash, or the keyword."""
-    import hashlib
-
-    if weights in ("none", "imagenet"):
-        return weights
-    h = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
 def load_weights(model, weights: str, need_top: bool, seed: int = 0) -> str:
     """Fill `model` from `weights`; return a one-line description of what was loaded."""
     if weights == "none":

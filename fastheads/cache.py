@@ -10,6 +10,7 @@ import json
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from fastheads.cache_key import KeyInputs, pixels_hash, weights_identity
 from fastheads.config import TrainConfig
 from fastheads.data import ImageSet
 from fastheads.errors import UserError
-from fastheads.feature_store import DamagedEntry, FeatureStore, entry_meta
+from fastheads.feature_store import DamagedEntry, FeatureStore
 from fastheads.preprocess import RESIZE_METHOD
 from fastheads.store_io import RemotePath, is_url, load_npy, location, save_npy, size_bytes, write_whole
 
@@ -192,20 +193,33 @@ def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureSto
     return entry
 
 
+def stored_entry(path: Path | RemotePath) -> FeatureStore | None:
+    """An existing entry, rebuilt from its own metadata (None when that is missing or unreadable)."""
+    try:
+        meta = json.loads((path / "features" / "zarr.json").read_text())
+        inputs = KeyInputs(**meta["attributes"]["fastheads"]["key_inputs"])
+        return FeatureStore(path, inputs, tuple(meta["shape"][2:]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def describe_entry(path: Path | RemotePath) -> dict:
     """A human summary of one entry for `fastheads cache ls`."""
-    meta = entry_meta(path).get("key_inputs", {})
-    size = size_bytes(path)
-    n_units = -(-meta.get("n_images", 0) * (1 + meta.get("views", 0)) // max(meta.get("unit", 32), 1))
-    done = len(list((path / "units").glob("u*.json"))) if (path / "units").is_dir() else 0
-    aug = json.loads(meta["augment"]) if "augment" in meta else {}
+    entry = stored_entry(path)
+    meta = asdict(entry.inputs) if entry else {}
     try:
-        aug_text = AugmentSpec(**{**aug, "zoom_range": tuple(aug.get("zoom_range", (1, 1)))}).describe()
-    except TypeError:
+        aug_text = AugmentSpec.from_dict(json.loads(meta["augment"])).describe()
+    except (KeyError, TypeError, ValueError):
         aug_text = "?"
+    if entry is None:
+        status = "unreadable metadata"
+    elif entry.complete:
+        status = "complete"
+    else:
+        status = f"partial {len(entry.done_units())}/{entry.n_units} units"
     return {
         "key": path.name,
-        "status": "complete" if (path / "COMPLETE").is_file() else f"partial {done}/{n_units} units",
+        "status": status,
         "images": meta.get("n_images"),
         "views": meta.get("views"),
         "cut": meta.get("cut"),
@@ -214,20 +228,15 @@ def describe_entry(path: Path | RemotePath) -> dict:
         "dtype": meta.get("dtype"),
         "weights": str(meta.get("weights", "?"))[:19],
         "augment": aug_text,
-        "bytes": size,
+        "bytes": size_bytes(path),
     }
 
 
 def verify_entry(path: Path | RemotePath) -> str:
     """'ok', 'partial (not checked)', or 'DAMAGED: n rows' (then its damaged units are forgotten)."""
-    meta = entry_meta(path).get("key_inputs")
-    if not meta or not (path / "COMPLETE").is_file():
+    entry = stored_entry(path)
+    if entry is None or not entry.complete:
         return "partial (not checked)"
-    inputs = KeyInputs(**meta)
-    import zarr
-
-    shape = tuple(zarr.open_array(str(path / "features"), mode="r").shape[2:])
-    entry = FeatureStore(path, inputs, shape)
     bad = entry.verify()
     if not bad:
         return "ok"

@@ -32,7 +32,6 @@ from fastheads.cache_key import UNIT, KeyInputs
 from fastheads.errors import UserError
 from fastheads.pipeline import extract_features
 from fastheads.store_io import RemotePath, load_npy, location, lock, rmtree, save_npy, write_whole
-from fastheads.store_io import size_bytes as _size_bytes
 
 
 class DamagedEntry(Exception):
@@ -50,11 +49,6 @@ def contiguous_runs(pairs: np.ndarray) -> list[tuple[int, int]]:
 
 def crc_rows(rows: np.ndarray) -> list[int]:
     return [zlib.crc32(np.ascontiguousarray(r).tobytes()) for r in rows]
-
-
-def file_lock(path: Path | RemotePath):
-    """An exclusive flock locally; no lock on a remote store (see store_io.py)."""
-    return lock(path)
 
 
 class FeatureStore:
@@ -131,11 +125,11 @@ class FeatureStore:
         i, n = shard
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            with file_lock(self.path / ".lock-create"):
+            with lock(self.path / ".lock-create"):
                 self._create()
         except OSError as e:
             raise UserError(f"--cache-dir {self.path.parent}: cannot create the feature store ({e.strerror}).") from e
-        with file_lock(self.path / f".lock-build-{i}of{n}"):
+        with lock(self.path / f".lock-build-{i}of{n}"):
             if self.complete:
                 return True
             done = self.done_units()
@@ -149,7 +143,7 @@ class FeatureStore:
         pairs = np.concatenate([self.unit_pairs(u) for u in todo])
         dtype = np.dtype(self.inputs.dtype)
         buf: list[np.ndarray] = []
-        state = {"pos": 0, "unit": 0}  # pairs consumed; index into todo
+        state = {"unit": 0}  # index into todo of the next unit to write
 
         def on_batch(start: int, feats: np.ndarray) -> None:
             buf.append(feats.astype(dtype))
@@ -168,7 +162,6 @@ class FeatureStore:
                 buf[:] = [rest] if len(rest) else []
                 have -= len(up)
                 state["unit"] += 1
-                state["pos"] += len(up)
                 if progress:
                     progress(len(up), len(pairs))
 
@@ -180,7 +173,7 @@ class FeatureStore:
             raise UserError(f"{self.path}: writing features failed ({e.strerror}); rerun to resume.") from e
 
     def _finish_if_done(self) -> bool:
-        with file_lock(self.path / ".lock-create"):
+        with lock(self.path / ".lock-create"):
             if self.complete:
                 return True
             if len(self.done_units()) < self.n_units:
@@ -238,7 +231,7 @@ class FeatureStore:
 
     def invalidate(self, units: set[int]) -> None:
         """Forget damaged units (and completeness) so the next build recomputes exactly those."""
-        with file_lock(self.path / ".lock-create"):
+        with lock(self.path / ".lock-create"):
             for p in (self.path / "COMPLETE", self.path / "checksums.npy"):
                 p.unlink(missing_ok=True)
             for u in units:
@@ -256,18 +249,6 @@ class FeatureStore:
                 except DamagedEntry:
                     bad.append((i, view))
         return bad
-
-    def size_bytes(self) -> int:
-        return _size_bytes(self.path)
-
-
-def entry_meta(path: Path | RemotePath) -> dict:
-    """The key inputs stored in an entry's zarr attributes (empty if unreadable)."""
-    try:
-        meta = json.loads((path / "features" / "zarr.json").read_text())
-        return meta.get("attributes", {}).get("fastheads", {})
-    except (OSError, ValueError):
-        return {}
 
 
 def list_entries(root: str | Path) -> list[Path | RemotePath]:

@@ -76,8 +76,7 @@ class Checkpoint:
 
     def save(self, state: LoopState, head, best_weights: list[np.ndarray] | None) -> None:
         e = state.epochs_done
-        arrays = {f"w{i}": w.numpy() for i, w in enumerate(head.trainable_weights)}
-        arrays.update({f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(head.optimizer.variables)})
+        arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(_variables(head))}
         atomic_write(self.folder / f"current-e{e}.npz", lambda p: np.savez(p, **arrays), ".npz")
         if best_weights is not None and state.best_epoch == e:
             bw = {f"w{i}": w for i, w in enumerate(best_weights)}
@@ -97,17 +96,21 @@ class Checkpoint:
         if saved.pop("fingerprint") != self.fingerprint:
             return None
         state = LoopState(**saved)
-        with np.load(self.folder / f"current-e{state.epochs_done}.npz") as z:
-            for i, var in enumerate(head.trainable_weights):
-                var.assign(z[f"w{i}"])
-            head.optimizer.build(head.trainable_variables)
-            for i, var in enumerate(head.optimizer.variables):
-                var.assign(z[f"o{i}"])
+        self.restore(head, state.epochs_done)
         best = None
         if state.best_epoch:
             with np.load(self.folder / f"best-e{state.best_epoch}.npz") as z:
                 best = [z[f"w{i}"] for i in range(len(z.files))]
         return state, best
+
+    def has(self, epochs_done: int) -> bool:
+        return (self.folder / f"current-e{epochs_done}.npz").is_file()
+
+    def restore(self, head, epochs_done: int) -> None:
+        """Weights and optimizer state as they were after `epochs_done` epochs."""
+        with np.load(self.folder / f"current-e{epochs_done}.npz") as z:
+            for i, var in enumerate(_variables(head)):
+                var.assign(z[f"v{i}"])
 
     def remove(self) -> None:
         for p in self.folder.glob("*"):
@@ -137,6 +140,8 @@ def run_epochs(
         if restored is not None:
             state, best_weights = restored
             say(f"fastheads: resuming after epoch {state.epochs_done} from {checkpoint.folder}")
+    if not checkpoint.has(state.epochs_done):
+        checkpoint.save(state, head, best_weights)  # what an out-of-memory retry of the next epoch restarts from
     t0 = time.perf_counter()
     x_val = source.clean(val_idx)
     state.feature_s += time.perf_counter() - t0
@@ -147,7 +152,7 @@ def run_epochs(
         state.feature_s += time.perf_counter() - t0
         order, val_sel = epoch_batches(cfg, seed, epoch, len(train_idx), len(val_idx))
         state.n_train_used, state.n_val_used = len(order), len(val_sel)
-        h = _fit_epoch(head, state, cfg, epoch, (x_tr[order], y_tr[order]), (x_val[val_sel], y_val[val_sel]))
+        h = _fit_epoch(head, state, cfg, checkpoint, (x_tr[order], y_tr[order]), (x_val[val_sel], y_val[val_sel]))
         logs = {k: float(v[-1]) for k, v in h.history.items()}
         for k, v in logs.items():
             state.history.setdefault(k, []).append(v)
@@ -172,14 +177,17 @@ def run_epochs(
     return state, best_weights
 
 
-def _fit_epoch(head, state: LoopState, cfg: TrainConfig, epoch: int, train, val):
+def _fit_epoch(head, state: LoopState, cfg: TrainConfig, checkpoint: Checkpoint, train, val):
     """One `head.fit` epoch; out of memory restores the weights and retries it with half the batch (down to 1).
+
+    The weights and optimizer state to restore are the checkpoint of the previous epoch,
+    which `run_epochs` always has on disk, so no copy of them is kept in memory.
 
     The smaller batch is kept for the rest of the run (and a resumed run) and recorded in
     `state.batch_size_used`: it changes the numbers, so it must never go unnoticed.
     """
     batch = state.batch_size_used or cfg.batch_size
-    snapshot = _snapshot(head)
+    epoch = state.epochs_done
     while True:
         try:
             h = head.fit(*train, batch_size=batch, epochs=1, shuffle=False, verbose=0, validation_data=val)
@@ -194,7 +202,7 @@ def _fit_epoch(head, state: LoopState, cfg: TrainConfig, epoch: int, train, val)
                 "so the results differ from a run at that size; run.json records the batch size used.",
                 stacklevel=3,
             )
-            _restore(head, snapshot)  # undo the steps the failed attempt made
+            checkpoint.restore(head, epoch)  # undo the steps the failed attempt made
             batch = smaller
     state.batch_size_used = batch
     return h
@@ -204,12 +212,3 @@ def _variables(head) -> list:
     if not head.optimizer.built:
         head.optimizer.build(head.trainable_variables)
     return [*head.trainable_weights, *head.optimizer.variables]
-
-
-def _snapshot(head) -> list[np.ndarray]:
-    return [np.array(v.numpy(), copy=True) for v in _variables(head)]
-
-
-def _restore(head, snapshot: list[np.ndarray]) -> None:
-    for var, value in zip(_variables(head), snapshot, strict=True):
-        var.assign(value)

@@ -126,7 +126,7 @@ def run_tp(opt: TpOptions, say=print) -> dict:
         if exp.model_name:
             entry["course_model"] = _name_model(res, cfg, out / "models" / exp.model_name)
         if exp.holdout and opt.holdout:
-            best = _best_run(res, cfg)
+            best = _best_run(res.runs, cfg)
             ev = evaluate(best.model_path, opt.holdout, opt.classes, out=best.out_dir / "holdout", verbose=False)
             entry["eval"] = {"accuracy": ev.accuracy, "dir": best.out_dir / "holdout", "model": best.model_path}
             say(f"    holdout accuracy {ev.accuracy:.4f}")
@@ -159,8 +159,7 @@ def _finished(exp: Experiment, cfg: TrainConfig, out: Path) -> dict | None:
     entry: dict = {"config": cfg, "runs": dirs, "seconds": 0.0}
     if exp.model_name and (out / "models" / exp.model_name).is_file():
         entry["course_model"] = out / "models" / exp.model_name
-    key = (lambda r: -r.best_value) if cfg.monitor.endswith("loss") else (lambda r: r.best_value)
-    best = max(runs, key=key)
+    best = _best_run(runs, cfg)
     metrics = best.out_dir / "holdout" / "metrics.json"
     if exp.holdout and metrics.is_file():
         import json
@@ -186,14 +185,15 @@ def _merge_times(out: Path, new: dict[str, float]) -> dict[str, float]:
     return times
 
 
-def _best_run(res, cfg: TrainConfig):
+def _best_run(runs: list, cfg: TrainConfig):
+    """The repeat whose monitored value is best (lowest for a loss)."""
     key = (lambda r: -r.best_value) if cfg.monitor.endswith("loss") else (lambda r: r.best_value)
-    return max(res.runs, key=key)
+    return max(runs, key=key)
 
 
 def _name_model(res, cfg: TrainConfig, target: Path) -> Path:
     """Give the course's file name to the kept model (the best repeat's), as a hard link where possible."""
-    src = _best_run(res, cfg).model_path
+    src = _best_run(res.runs, cfg).model_path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
     try:

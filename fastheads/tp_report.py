@@ -51,7 +51,7 @@ def differences(cfg: TrainConfig) -> str:
         if k in SKIP or v == asdict(BASE)[k]:
             continue
         if k == "augment":
-            parts.append(f"augment = {AugmentSpec(**{**v, 'zoom_range': tuple(v['zoom_range'])}).describe()}")
+            parts.append(f"augment = {AugmentSpec.from_dict(v).describe()}")
         else:
             parts.append(f"{k} = {v}")
     return ", ".join(parts) or "none (the notebook's run)"
