@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -258,9 +258,10 @@ class Backbone:
     weights_desc: str
     precision: str
     xla: bool
-    pristine_top: dict  # fc1/fc2 weights as loaded, restored before every repeat
+    pristine_top: dict  # fc1/fc2 weights as loaded, restored before a run if an earlier one trained them
     strategy: object = None  # the tf.distribute.Strategy the base runs under (heads are built in its scope)
     strategy_desc: str = "default x1"
+    trained_top: set[str] = field(default_factory=set)  # fc layers of `vgg` a run has trained since loading
 
 
 def prepare(weights: str, arch: str, image_size: int, precision: str, xla: str, strategy: str = "default") -> Backbone:
@@ -270,7 +271,7 @@ def prepare(weights: str, arch: str, image_size: int, precision: str, xla: str, 
 
     Memoised per process on the weights file's identity (path, size, mtime): a notebook or
     `fastheads tp` training many heads pays for building the 138M-parameter network once.
-    Its frozen layers never change; the fc layers are restored from `pristine_top` per run.
+    Its frozen layers never change; the fc layers a run trains are restored from `pristine_top` before the next one.
     """
     stamp = ""
     if weights not in ("none", "imagenet") and Path(weights).is_file():

@@ -155,11 +155,14 @@ class StoreSource:
         return self._head_input(indices, 1 + epoch % self.k)
 
 
-def store_for_training(cfg: TrainConfig, ds: ImageSet, images: np.ndarray, bb, say: Callable[[str], None]):
+def store_for_training(
+    cfg: TrainConfig, ds: ImageSet, images: Callable[[], np.ndarray], bb, say: Callable[[str], None]
+) -> StoreSource:
+    """The source a cached run trains from; `images` (resized) are only computed if the entry needs building."""
     entry = open_entry(cfg, ds, bb.vgg, bb.precision, bb.xla)
 
     def repair() -> None:
-        if not build_entry(entry, bb.base_fn, images, cfg, say):
+        if not build_entry(entry, bb.base_fn, images(), cfg, say):
             raise UserError(f"{entry.path}: could not be completed")
 
     if not entry.complete:

@@ -116,6 +116,14 @@ def train(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for model.keras, history.json, run.json, curves.png.")
     ] = Path("runs/latest"),
+    export: Annotated[
+        str,
+        typer.Option(
+            "--export",
+            help="With --repeats: every run writes its full model.keras (every), or only the best run does (best); "
+            "the others keep head.weights.npz, the trained layers alone.",
+        ),
+    ] = "every",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in --out.")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last finished epoch.")
@@ -135,7 +143,7 @@ def train(
             lr=lr, momentum=momentum, nesterov=nesterov, decay=decay, batch_size=batch_size, epochs=epochs,
             patience=patience, monitor=monitor, val_split=val_split, seed=seed, repeats=repeats,
             faithful=faithful, precision=precision, xla=xla, strategy=strategy, cache=cache, views=views, cache_dir=cache_dir,
-            cache_dtype=cache_dtype, out=str(out), overwrite=overwrite, resume=resume, verbose=not quiet,
+            cache_dtype=cache_dtype, out=str(out), export=export, overwrite=overwrite, resume=resume, verbose=not quiet,
         )  # fmt: skip
         run_train(cfg)
 

@@ -47,6 +47,7 @@ class TrainConfig:
     cache_dtype: str = "float16"
     # --- output
     out: str = "runs/latest"
+    export: str = "every"  # with repeats: every run writes model.keras, or only the best one (best)
     overwrite: bool = False
     resume: bool = False
     verbose: bool = True
@@ -74,6 +75,7 @@ class TrainConfig:
             (self.views is None or self.views >= 1, f"--views must be at least 1, got {self.views}."),
             (self.cache_dtype in ("float16", "float32"),
              f"--cache-dtype must be float16 or float32, got {self.cache_dtype!r}."),
+            (self.export in ("every", "best"), f"--export must be every or best, got {self.export!r}."),
             (self.monitor in MONITORS, f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}."),
         ]  # fmt: skip
         for ok, msg in checks:

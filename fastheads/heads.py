@@ -41,6 +41,11 @@ def frozen_dense_layers(arch: str, train_layers: int) -> list[str]:
     return {"fc2": ["flatten", "fc1", "fc2"], "fc1": ["flatten", "fc1"]}.get(head_cut(arch, train_layers), [])
 
 
+def trained_vgg_layers(arch: str, train_layers: int) -> list[str]:
+    """VGG16's own layers that this head trains in place (v2's new layers are new objects)."""
+    return {2: ["fc2"], 3: ["fc1", "fc2"]}.get(train_layers, []) if arch == "vgg16" else []
+
+
 def frozen_dense_fn(top_weights: dict, arch: str, train_layers: int) -> Callable[[np.ndarray], np.ndarray] | None:
     """conv-cut features -> head-cut features (fp32, batched), from the pristine fc weights; None if no layers."""
     names = [n for n in frozen_dense_layers(arch, train_layers) if n != "flatten"]

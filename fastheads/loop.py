@@ -62,7 +62,7 @@ def epoch_batches(cfg: TrainConfig, seed: int, epoch: int, n_train: int, n_val: 
 
 def config_fingerprint(cfg: TrainConfig, seed: int) -> str:
     d = asdict(cfg)
-    for k in ("out", "overwrite", "resume", "verbose", "repeats"):
+    for k in ("out", "overwrite", "resume", "verbose", "repeats", "export"):
         d.pop(k)
     d["seed"] = seed
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

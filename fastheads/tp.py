@@ -29,6 +29,7 @@ class TpOptions:
     out: str = "tp"
     repeats: int = 5  # question 1's (and 8's) runs
     ablation_repeats: int = 3  # runs per configuration of the question-7 ablation
+    ablation_views: int | None = None  # views per ablation store; None: one per epoch (the notebook's count)
     quick: bool = False
     only: tuple[str, ...] = ()
     image_size: int = 224
@@ -55,7 +56,7 @@ def config_for(exp: Experiment, opt: TpOptions) -> TrainConfig:
     base = TrainConfig(
         data=opt.data, classes=opt.classes, weights=opt.weights, image_size=opt.image_size, cache=True,
         cache_dir=opt.cache_dir, precision=opt.precision, out=str(Path(opt.out) / exp.qid), overwrite=True,
-        resume=True, verbose=False,
+        resume=True, verbose=False, export="best",
     )  # fmt: skip
     repeats = {"plan": opt.repeats, "ablation": opt.ablation_repeats, "one": 1}[exp.repeats]
     changes = dict(exp.changes)
@@ -63,6 +64,8 @@ def config_for(exp: Experiment, opt: TpOptions) -> TrainConfig:
         changes["epochs"] = 4 if changes.get("epochs", 13) > 13 else 2  # Q4 keeps "twice as long"
         changes["views"] = 2
         repeats = min(repeats, 2)
+    if exp.group == "ablation" and opt.ablation_views is not None:
+        changes["views"] = opt.ablation_views
     return base.replace(repeats=repeats, **changes)
 
 
@@ -108,7 +111,7 @@ def run_tp(opt: TpOptions, say=print) -> dict:
     """Run the plan; return {qid: {"runs": [...], "eval": ...}} plus timings, and write the report."""
     from fastheads.evaluate import evaluate
     from fastheads.tp_report import write_report
-    from fastheads.train import train
+    from fastheads.train import best_run, train
 
     out = Path(opt.out)
     experiments = select(list(opt.only))
@@ -126,7 +129,7 @@ def run_tp(opt: TpOptions, say=print) -> dict:
         if exp.model_name:
             entry["course_model"] = _name_model(res, cfg, out / "models" / exp.model_name)
         if exp.holdout and opt.holdout:
-            best = _best_run(res.runs, cfg)
+            best = best_run(res.runs, cfg.monitor)
             ev = evaluate(best.model_path, opt.holdout, opt.classes, out=best.out_dir / "holdout", verbose=False)
             entry["eval"] = {"accuracy": ev.accuracy, "dir": best.out_dir / "holdout", "model": best.model_path}
             say(f"    holdout accuracy {ev.accuracy:.4f}")
@@ -150,7 +153,7 @@ def run_tp(opt: TpOptions, say=print) -> dict:
 
 def _finished(exp: Experiment, cfg: TrainConfig, out: Path) -> dict | None:
     """An experiment finished by an earlier invocation with this very configuration, else None."""
-    from fastheads.train import finished_run
+    from fastheads.train import best_run, finished_run
 
     dirs = [Path(cfg.out)] if cfg.repeats == 1 else [Path(cfg.out) / f"run_{r + 1:02d}" for r in range(cfg.repeats)]
     runs = [finished_run(d, cfg, cfg.seed + r) for r, d in enumerate(dirs)]
@@ -159,7 +162,7 @@ def _finished(exp: Experiment, cfg: TrainConfig, out: Path) -> dict | None:
     entry: dict = {"config": cfg, "runs": dirs, "seconds": 0.0}
     if exp.model_name and (out / "models" / exp.model_name).is_file():
         entry["course_model"] = out / "models" / exp.model_name
-    best = _best_run(runs, cfg)
+    best = best_run(runs, cfg.monitor)
     metrics = best.out_dir / "holdout" / "metrics.json"
     if exp.holdout and metrics.is_file():
         import json
@@ -185,15 +188,11 @@ def _merge_times(out: Path, new: dict[str, float]) -> dict[str, float]:
     return times
 
 
-def _best_run(runs: list, cfg: TrainConfig):
-    """The repeat whose monitored value is best (lowest for a loss)."""
-    key = (lambda r: -r.best_value) if cfg.monitor.endswith("loss") else (lambda r: r.best_value)
-    return max(runs, key=key)
-
-
 def _name_model(res, cfg: TrainConfig, target: Path) -> Path:
     """Give the course's file name to the kept model (the best repeat's), as a hard link where possible."""
-    src = _best_run(res.runs, cfg).model_path
+    from fastheads.train import best_run
+
+    src = best_run(res.runs, cfg.monitor).model_path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
     try:

@@ -8,6 +8,7 @@ checkpoint follow Keras' rules (strict improvement, `patience` epochs without on
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -23,8 +24,10 @@ from fastheads.errors import UserError
 from fastheads.loop import Checkpoint, config_fingerprint, run_epochs
 from fastheads.pipeline import FeatureSource, OnTheFly
 from fastheads.preprocess import RESIZE_METHOD, resize_images
-from fastheads.runio import save_model, versions, write_json
+from fastheads.runio import atomic_write, save_model, versions, write_json
 from fastheads.split import stratified_split
+
+HEAD_FILE = "head.weights.npz"  # --export best: the trained layers of a repeat without model.keras
 
 
 @dataclass
@@ -34,7 +37,7 @@ class RunResult:
     best_epoch: int  # 1-based, the epoch whose weights were exported
     best_value: float
     stopped_epoch: int  # last epoch trained (1-based)
-    model_path: Path
+    model_path: Path | None  # None: --export best and another repeat was better (see head.weights.npz)
     record: dict = field(repr=False)
 
 
@@ -86,15 +89,15 @@ def train(config: TrainConfig | None = None, **kwargs) -> TrainResult:
     say(f"fastheads: {len(ds)} images, {ds.n_classes} classes from {ds.source}")
     say(f"fastheads: {bb.weights_desc}; frozen base at {bb.precision}, XLA {'on' if bb.xla else 'off'}"
         + ("" if bb.strategy_desc == "default x1" else f", strategy {bb.strategy_desc}"))  # fmt: skip
-    images = resize_images(ds.images, cfg.image_size)
+    resized = functools.cache(lambda: resize_images(ds.images, cfg.image_size))  # a store hit never needs it
     source: FeatureSource
     if cfg.cache:
         from fastheads.cache import store_for_training
 
-        source = store_for_training(cfg, ds, images, bb, say)
+        source = store_for_training(cfg, ds, resized, bb, say)
     else:
         dense = heads.frozen_dense_fn(bb.pristine_top, cfg.arch, cfg.train_layers)
-        source = OnTheFly(bb.base_fn, images, cfg.augment, cfg.augment_seed, cfg.batch_size, dense)
+        source = OnTheFly(bb.base_fn, resized(), cfg.augment, cfg.augment_seed, cfg.batch_size, dense)
     runs = []
     for r in range(cfg.repeats):
         run_dir = out if cfg.repeats == 1 else out / f"run_{r + 1:02d}"
@@ -106,6 +109,10 @@ def train(config: TrainConfig | None = None, **kwargs) -> TrainResult:
             runs.append(done)
             continue
         runs.append(train_one(cfg, ds, bb, source, cfg.seed + r, run_dir, say))
+    best = best_run(runs, cfg.monitor)
+    if best.model_path is None:  # --export best: only now is it known which repeat that is
+        best.model_path = export_from_head(cfg, bb, ds.n_classes, best)
+        say(f"fastheads: best repeat {best.out_dir.name}; wrote {best.model_path}")
     summary = summarize(cfg, runs)
     if cfg.repeats > 1:
         write_json(out / "summary.json", summary)
@@ -128,10 +135,19 @@ def finished_run(run_dir: Path, cfg: TrainConfig, seed: int) -> RunResult | None
         history = json.loads((run_dir / "history.json").read_text())
     except (OSError, ValueError):
         return None
-    if record.get("fingerprint") != config_fingerprint(cfg, seed) or not (run_dir / "model.keras").is_file():
+    model = run_dir / "model.keras"
+    if record.get("fingerprint") != config_fingerprint(cfg, seed) or not (
+        model.is_file() or (run_dir / HEAD_FILE).is_file()
+    ):
         return None
     return RunResult(run_dir, history, record["best_epoch"], record["best_value"], record["stopped_epoch"],
-                     run_dir / "model.keras", record)  # fmt: skip
+                     model if model.is_file() else None, record)  # fmt: skip
+
+
+def best_run(runs: list[RunResult], monitor: str) -> RunResult:
+    """The repeat whose monitored value is best (lowest for a loss); the first of equals."""
+    sign = -1.0 if monitor.endswith("loss") else 1.0
+    return max(runs, key=lambda r: sign * r.best_value)
 
 
 def summarize(cfg: TrainConfig, runs: list[RunResult]) -> dict:
@@ -153,8 +169,10 @@ def make_head(cfg: TrainConfig, bb: backbone.Backbone, n_classes: int, seed: int
 
     import keras
 
-    for name, w in bb.pristine_top.items():
-        bb.vgg.get_layer(name).set_weights(w)
+    for name in sorted(bb.trained_top):  # an earlier run in this process trained them: back to the loaded weights
+        bb.vgg.get_layer(name).set_weights(bb.pristine_top[name])
+    bb.trained_top.clear()
+    bb.trained_top.update(heads.trained_vgg_layers(cfg.arch, cfg.train_layers))  # before training: a crash counts
     multi = bb.strategy is not None and bb.strategy.num_replicas_in_sync > 1
     with bb.strategy.scope() if multi else contextlib.nullcontext():
         head = heads.build_head(bb.vgg, cfg.arch, cfg.train_layers, n_classes, seed)
@@ -192,9 +210,15 @@ def train_one(
     if best_weights is not None:
         for var, w in zip(head.trainable_weights, best_weights, strict=True):
             var.assign(w)
-    full = heads.stitch_full_model(bb.vgg, head, cfg.arch, cfg.train_layers)
-    model_path = run_dir / "model.keras"
-    save_model(full, model_path)
+    t_export = time.perf_counter()
+    model_path: Path | None = None
+    if cfg.export == "every" or cfg.repeats == 1:
+        model_path = run_dir / "model.keras"
+        save_model(heads.stitch_full_model(bb.vgg, head, cfg.arch, cfg.train_layers), model_path)
+    else:  # the trained layers only; the best repeat's full model is exported when all are done
+        arrays = {f"w{i}": w.numpy() for i, w in enumerate(head.trainable_weights)}
+        atomic_write(run_dir / HEAD_FILE, lambda p: np.savez(p, **arrays), ".npz")
+    export_s = time.perf_counter() - t_export
     total_s = time.perf_counter() - t_start
     record = {
         "config": _config_dict(cfg),
@@ -214,7 +238,12 @@ def train_one(
         "best_epoch": best_epoch,
         "best_value": best,
         "stopped_epoch": stopped,
-        "timings_s": {"total": total_s, "features": state.feature_s, "head": total_s - state.feature_s},
+        "timings_s": {
+            "total": total_s,
+            "features": state.feature_s,
+            "export": export_s,
+            "head": total_s - state.feature_s - export_s,
+        },  # fmt: skip
         "versions": versions(),
     }
     write_json(run_dir / "history.json", state.history)
@@ -223,10 +252,20 @@ def train_one(
 
     plot_curves(state.history, run_dir / "curves.png", title=describe(cfg), best_epoch=best_epoch)
     checkpoint.remove()
-    say(
-        f"fastheads: best epoch {best_epoch}/{stopped} ({cfg.monitor} {best:.4f}); wrote {model_path} in {total_s:.1f}s"
-    )
+    wrote = model_path or run_dir / HEAD_FILE
+    say(f"fastheads: best epoch {best_epoch}/{stopped} ({cfg.monitor} {best:.4f}); wrote {wrote} in {total_s:.1f}s")
     return RunResult(run_dir, state.history, best_epoch, best, stopped, model_path, record)
+
+
+def export_from_head(cfg: TrainConfig, bb: backbone.Backbone, n_classes: int, run: RunResult) -> Path:
+    """Write a run's full model.keras from the trained layers it kept in head.weights.npz."""
+    head = make_head(cfg, bb, n_classes, run.record["seed"])
+    with np.load(run.out_dir / HEAD_FILE) as z:
+        for i, var in enumerate(head.trainable_weights):
+            var.assign(z[f"w{i}"])
+    path = run.out_dir / "model.keras"
+    save_model(heads.stitch_full_model(bb.vgg, head, cfg.arch, cfg.train_layers), path)
+    return path
 
 
 def describe(cfg: TrainConfig) -> str:

@@ -40,13 +40,18 @@ def course_root(tmp_path_factory, tiny_h5, tiny_classes, keras2_weights) -> Path
 def test_tp_quick_writes_every_question(tmp_path, course_root):
     out = tmp_path / "tp"
     res = CliRunner().invoke(app, ["tp", str(course_root), "--quick", "--image-size", str(SIZE), "--out", str(out),
-                                   "--cache-dir", str(tmp_path / "cache"), "--ablation-repeats", "1"])  # fmt: skip
+                                   "--cache-dir", str(tmp_path / "cache"), "--ablation-repeats", "1",
+                                   "--ablation-views", "1"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "training runs" in res.output and "estimated" in res.output  # the plan, before running
     md = (out / "report.md").read_text()
     for q in ("Q1", "Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8"):
         assert re.search(rf"^## {q}\b", md, re.M), q
     assert "## Q7 ablation" in md and "Only rotation" in md and "All but zoom" in md
+    assert "Deviation from the notebook (--ablation-views 1)" in md  # the cheaper ablation says so
+    assert json.loads((out / "Q7-only-zoom" / "run.json").read_text())["config"]["views"] == 1
+    assert json.loads((out / "Q1" / "run_01" / "run.json").read_text())["config"]["views"] == 2
+    assert len(list((out / "Q1").glob("run_*/model.keras"))) == 1  # only the best repeat's full model is written
     for q in ("Q1", "Q2", "Q3", "Q4", "Q6", "Q7", "Q8"):
         assert (out / q / "figures" / "report.png").is_file()
     assert (out / "models" / "vgg16_retrained_10flowers_mejor.keras").is_file()
@@ -67,11 +72,12 @@ def test_tp_quick_writes_every_question(tmp_path, course_root):
     assert data["Q5"]["accuracy"] == q5["accuracy"] and f"{q5['accuracy']:.4f}" in md
     assert data["Q5"]["pairs"]  # viola_1 / viola_2 ... side by side
     # a rerun skips what is finished
-    before = (out / "Q1" / "run_01" / "model.keras").stat().st_mtime_ns
+    before = (out / "Q1" / "run_01" / "run.json").stat().st_mtime_ns
     again = CliRunner().invoke(app, ["tp", str(course_root), "--quick", "--image-size", str(SIZE), "--out", str(out),
-                                     "--cache-dir", str(tmp_path / "cache"), "--ablation-repeats", "1", "--only", "Q1"])  # fmt: skip
+                                     "--cache-dir", str(tmp_path / "cache"), "--ablation-repeats", "1", "--ablation-views", "1",
+                                     "--only", "Q1"])  # fmt: skip
     assert again.exit_code == 0, again.output
-    assert (out / "Q1" / "run_01" / "model.keras").stat().st_mtime_ns == before
+    assert (out / "Q1" / "run_01" / "run.json").stat().st_mtime_ns == before
     assert (out / "report.md").read_text().count("\n## Q") == md.count("\n## Q")  # the report still has them all
 
 

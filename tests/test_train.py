@@ -94,6 +94,32 @@ def test_same_seed_same_numbers(tmp_path, tiny_h5):
     assert c.history != a.history
 
 
+def test_a_run_that_trains_fc2_does_not_leak_into_the_next(tmp_path, tiny_h5):
+    """The backbone is shared within a process; fc2 trained by one run is restored before the next."""
+    common = dict(FAST, data=str(tiny_h5), weights="none", cache=True, cache_dir=str(tmp_path / "c"), train_layers=2)
+    a = train(**common, out=str(tmp_path / "a"))
+    one = train(**dict(common, train_layers=1), out=str(tmp_path / "one"))
+    b = train(**common, out=str(tmp_path / "b"))
+    assert a.history == b.history
+    fc2 = [keras.models.load_model(r.model_path).get_layer("fc2").get_weights()[0] for r in (a.runs[0], one.runs[0])]
+    assert not np.array_equal(fc2[0], fc2[1])  # a's fc2 trained; one's exported fc2 is the loaded one
+
+
+def test_export_best_writes_one_full_model_equal_to_export_every(tmp_path, tiny_h5):
+    common = dict(FAST, data=str(tiny_h5), weights="none", cache=True, cache_dir=str(tmp_path / "c"), repeats=3)
+    every = train(**common, out=str(tmp_path / "every"))
+    best = train(**common, out=str(tmp_path / "best"), export="best")
+    assert [r.best_value for r in every.runs] == [r.best_value for r in best.runs]
+    winner = max(range(3), key=lambda i: best.runs[i].best_value)
+    for i, run in enumerate(best.runs):
+        assert (run.out_dir / "model.keras").is_file() == (i == winner)
+        assert (run.out_dir / "head.weights.npz").is_file()  # every repeat keeps its trained layers
+    for a, b in zip(_head_weights(every.runs[winner]), _head_weights(best.runs[winner]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    again = train(**common, out=str(tmp_path / "best"), export="best", resume=True)  # all finished: nothing redone
+    assert [r.model_path for r in again.runs] == [r.model_path for r in best.runs]
+
+
 def test_faithful_mode_uses_the_notebook_step_counts(tmp_path, tiny_h5):
     r = train(**dict(FAST, epochs=1, batch_size=5), data=str(tiny_h5), weights="none", faithful=True,
               out=str(tmp_path / "f"))  # fmt: skip
