@@ -25,7 +25,7 @@ import numpy as np
 
 from fastheads.config import TrainConfig
 from fastheads.pipeline import FeatureSource, is_oom
-from fastheads.runio import atomic_write, write_json
+from fastheads.runio import write_json, write_npz
 
 
 @dataclass
@@ -74,20 +74,23 @@ class Checkpoint:
     def __init__(self, folder: Path, fingerprint: str) -> None:
         self.folder, self.fingerprint = folder, fingerprint
 
-    def save(self, state: LoopState, head, best_weights: list[np.ndarray] | None) -> None:
+    def save(self, state: LoopState, head) -> None:
+        """The head and optimizer after `state.epochs_done` epochs; also the best weights if this epoch is the best.
+
+        Arrays are written one at a time (a v2 head is 1.6 GB per copy), and the best epoch's
+        weights live only on disk: nothing of the size of the head is kept beside it in memory.
+        """
         e = state.epochs_done
-        arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(_variables(head))}
-        atomic_write(self.folder / f"current-e{e}.npz", lambda p: np.savez(p, **arrays), ".npz")
-        if best_weights is not None and state.best_epoch == e:
-            bw = {f"w{i}": w for i, w in enumerate(best_weights)}
-            atomic_write(self.folder / f"best-e{e}.npz", lambda p: np.savez(p, **bw), ".npz")
+        write_npz(self.folder / f"current-e{e}.npz", "v", _variables(head))
+        if state.best_epoch == e and e > 0:
+            write_npz(self.folder / f"best-e{e}.npz", "w", head.trainable_weights)
         write_json(self.folder / "state.json", {"fingerprint": self.fingerprint, **asdict(state)})
         keep = {f"current-e{e}.npz", f"best-e{state.best_epoch}.npz", "state.json"}
         for p in self.folder.glob("*.npz"):
             if p.name not in keep:
                 p.unlink(missing_ok=True)
 
-    def load(self, head) -> tuple[LoopState, list[np.ndarray] | None] | None:
+    def load(self, head) -> LoopState | None:
         """Restore head and optimizer; None when there is nothing (or nothing compatible) to resume."""
         path = self.folder / "state.json"
         if not path.is_file():
@@ -97,11 +100,13 @@ class Checkpoint:
             return None
         state = LoopState(**saved)
         self.restore(head, state.epochs_done)
-        best = None
-        if state.best_epoch:
-            with np.load(self.folder / f"best-e{state.best_epoch}.npz") as z:
-                best = [z[f"w{i}"] for i in range(len(z.files))]
-        return state, best
+        return state
+
+    def restore_best(self, head, best_epoch: int) -> None:
+        """The trainable weights of the best epoch, as ModelCheckpoint(save_best_only) would have kept them."""
+        with np.load(self.folder / f"best-e{best_epoch}.npz") as z:
+            for i, var in enumerate(head.trainable_weights):
+                var.assign(z[f"w{i}"])
 
     def has(self, epochs_done: int) -> bool:
         return (self.folder / f"current-e{epochs_done}.npz").is_file()
@@ -128,20 +133,20 @@ def run_epochs(
     seed: int,
     checkpoint: Checkpoint,
     say: Callable[[str], None],
-) -> tuple[LoopState, list[np.ndarray] | None]:
-    """Train epoch by epoch; return the final state and the best epoch's trainable weights."""
+) -> LoopState:
+    """Train epoch by epoch; return the final state (the best epoch's weights are in `checkpoint`)."""
     train_idx, val_idx = split
     y_tr, y_val = targets
-    state, best_weights = LoopState(), None
+    state = LoopState()
     if cfg.monitor.endswith("loss"):
         state.best = math.inf
     if cfg.resume:
         restored = checkpoint.load(head)
         if restored is not None:
-            state, best_weights = restored
+            state = restored
             say(f"fastheads: resuming after epoch {state.epochs_done} from {checkpoint.folder}")
     if not checkpoint.has(state.epochs_done):
-        checkpoint.save(state, head, best_weights)  # what an out-of-memory retry of the next epoch restarts from
+        checkpoint.save(state, head)  # what an out-of-memory retry of the next epoch restarts from
     t0 = time.perf_counter()
     x_val = source.clean(val_idx)
     state.feature_s += time.perf_counter() - t0
@@ -160,7 +165,6 @@ def run_epochs(
         mark = ""
         if improved(cfg.monitor, logs[cfg.monitor], state.best):
             state.best, state.best_epoch, state.wait = logs[cfg.monitor], epoch + 1, 0
-            best_weights = [w.numpy().copy() for w in head.trainable_weights]
             mark = "  (best so far: checkpoint)"
         else:
             state.wait += 1
@@ -173,8 +177,8 @@ def run_epochs(
         if state.wait >= cfg.patience and state.wait > 0 and state.epochs_done < cfg.epochs:
             say(f"Early stopping: no improvement of {cfg.monitor} in {cfg.patience} epochs.")
             state.finished = True
-        checkpoint.save(state, head, best_weights)
-    return state, best_weights
+        checkpoint.save(state, head)
+    return state
 
 
 def _fit_epoch(head, state: LoopState, cfg: TrainConfig, checkpoint: Checkpoint, train, val):

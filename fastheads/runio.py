@@ -38,6 +38,26 @@ def write_json(path: str | Path, obj) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
+def write_npz(path: str | Path, prefix: str, variables: list) -> None:
+    """Arrays (or Keras variables) as <prefix>0, <prefix>1, ... in np.savez's layout, one in memory at a time.
+
+    A v2 head's kernel is 1.6 GB: collecting every array first, as np.savez needs, would
+    hold a second copy of the whole head (and its optimizer state) for the write.
+    """
+    import zipfile
+
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w") as zf:
+            for i, var in enumerate(variables):
+                arr = np.asarray(var.numpy() if hasattr(var, "numpy") else var)
+                with zf.open(f"{prefix}{i}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, arr, allow_pickle=False)
+
+    atomic_write(path, write, ".npz")
+
+
 def save_model(model, path: str | Path) -> None:
     atomic_write(path, lambda p: model.save(str(p)), suffix=".keras")
 

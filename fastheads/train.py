@@ -24,7 +24,7 @@ from fastheads.errors import UserError
 from fastheads.loop import Checkpoint, config_fingerprint, run_epochs
 from fastheads.pipeline import FeatureSource, OnTheFly
 from fastheads.preprocess import RESIZE_METHOD, resize_images
-from fastheads.runio import atomic_write, save_model, versions, write_json
+from fastheads.runio import save_model, versions, write_json, write_npz
 from fastheads.split import stratified_split
 
 HEAD_FILE = "head.weights.npz"  # --export best: the trained layers of a repeat without model.keras
@@ -203,21 +203,17 @@ def train_one(
     y = keras.utils.to_categorical(ds.labels, ds.n_classes)
     head = make_head(cfg, bb, ds.n_classes, seed)
     checkpoint = Checkpoint(run_dir / "checkpoint", config_fingerprint(cfg, seed))
-    state, best_weights = run_epochs(
-        cfg, head, source, (train_idx, val_idx), (y[train_idx], y[val_idx]), seed, checkpoint, say
-    )
+    state = run_epochs(cfg, head, source, (train_idx, val_idx), (y[train_idx], y[val_idx]), seed, checkpoint, say)
     best, best_epoch, stopped = state.best, state.best_epoch, state.epochs_done
-    if best_weights is not None:
-        for var, w in zip(head.trainable_weights, best_weights, strict=True):
-            var.assign(w)
+    if best_epoch:
+        checkpoint.restore_best(head, best_epoch)
     t_export = time.perf_counter()
     model_path: Path | None = None
     if cfg.export == "every" or cfg.repeats == 1:
         model_path = run_dir / "model.keras"
         save_model(heads.stitch_full_model(bb.vgg, head, cfg.arch, cfg.train_layers), model_path)
     else:  # the trained layers only; the best repeat's full model is exported when all are done
-        arrays = {f"w{i}": w.numpy() for i, w in enumerate(head.trainable_weights)}
-        atomic_write(run_dir / HEAD_FILE, lambda p: np.savez(p, **arrays), ".npz")
+        write_npz(run_dir / HEAD_FILE, "w", head.trainable_weights)
     export_s = time.perf_counter() - t_export
     total_s = time.perf_counter() - t_start
     record = {

@@ -117,7 +117,7 @@ def _run_loop(tmp_path, name, batch_size, epochs=3, fit=None, resume=False, head
     y = keras.utils.to_categorical(labels, 4)
     tr, va = np.arange(16), np.arange(16, 24)
     cfg = TrainConfig(data="x", epochs=epochs, patience=epochs, batch_size=batch_size, resume=resume, verbose=False)
-    state, best = run_epochs(cfg, head, _Features(24), (tr, va), (y[tr], y[va]), 0,
+    state = run_epochs(cfg, head, _Features(24), (tr, va), (y[tr], y[va]), 0,
                              Checkpoint(tmp_path / name, "fp"), lambda s: None)  # fmt: skip
     return state, head
 
@@ -235,3 +235,15 @@ def test_full_disk_while_saving_the_model_leaves_the_old_one(tmp_path, tiny_h5, 
     assert line.startswith("fastheads: error:") and "No space left on device" in line and "model.keras" in line
     assert (out / "model.keras").read_bytes() == b"the user's model"
     assert not list(out.glob(".model.keras*"))
+
+
+def test_write_npz_streams_arrays_that_np_load_reads(tmp_path):
+    from fastheads.runio import write_npz
+
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], np.int64), keras.Variable(np.ones(3))]
+    write_npz(tmp_path / "a.npz", "w", arrays)
+    with np.load(tmp_path / "a.npz") as z:
+        assert z.files == ["w0", "w1", "w2"]
+        for i, a in enumerate(arrays):
+            np.testing.assert_array_equal(z[f"w{i}"], np.asarray(a))
+            assert z[f"w{i}"].dtype == np.asarray(a).dtype
