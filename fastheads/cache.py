@@ -229,10 +229,15 @@ def describe_entry(path: Path | RemotePath) -> dict:
         "size": meta.get("image_size"),
         "precision": meta.get("precision"),
         "dtype": meta.get("dtype"),
-        "weights": str(meta.get("weights", "?"))[:19],
+        "weights": _short(str(meta.get("weights", "?"))),
         "augment": aug_text,
         "bytes": size_bytes(path),
     }
+
+
+def _short(weights_id: str) -> str:
+    """A file's content digest is shortened; "none:he-uniform:seed=0" and "imagenet" are shown whole."""
+    return weights_id if len(weights_id) <= 28 else weights_id[:16] + "…"
 
 
 def verify_entry(path: Path | RemotePath) -> str:

@@ -178,6 +178,7 @@ def test_cache_cli_ls_verify_rm(tmp_path, tiny_h5):
     key = _entry(cache_dir).name
     r = CliRunner().invoke(app, ["cache", "ls", "--cache-dir", str(cache_dir)])
     assert key in r.output and "complete" in r.output and "24 images x 2 views" in r.output
+    assert "weights none:he-uniform:seed=0," in r.output  # shown whole, not cut at 19 characters
     r = CliRunner().invoke(app, ["cache", "verify", "--cache-dir", str(cache_dir)])
     assert r.exit_code == 0 and f"{key}  ok" in r.output
     r = CliRunner().invoke(app, ["cache", "rm", "nope", "--cache-dir", str(cache_dir)])
