@@ -19,7 +19,7 @@ from fastheads.figures import ACCURACY_KEYS, plot_runs
 from fastheads.runio import atomic_write, write_json
 
 # Settings that do not change what is learned: runs differing only in these are repeats.
-BOOKKEEPING = ("seed", "out", "overwrite", "resume", "verbose", "repeats", "cache_dir", "xla")
+BOOKKEEPING = ("seed", "out", "overwrite", "resume", "verbose", "repeats", "cache_dir", "xla", "export")
 
 
 def _augment_name(aug) -> str:

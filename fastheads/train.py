@@ -53,7 +53,8 @@ class TrainResult:
 
 
 def _existing_models(out: Path) -> list[Path]:
-    return [p for p in [out / "model.keras", *sorted(out.glob("run_*/model.keras"))] if p.exists()]
+    found = [out / "model.keras", *sorted(out.glob("run_*/model.keras")), *sorted(out.glob(f"run_*/{HEAD_FILE}"))]
+    return [p for p in found if p.exists()]
 
 
 def check_out_dir(cfg: TrainConfig) -> Path:
@@ -110,9 +111,10 @@ def train(config: TrainConfig | None = None, **kwargs) -> TrainResult:
             continue
         runs.append(train_one(cfg, ds, bb, source, cfg.seed + r, run_dir, say))
     best = best_run(runs, cfg.monitor)
-    if best.model_path is None:  # --export best: only now is it known which repeat that is
-        best.model_path = export_from_head(cfg, bb, ds.n_classes, best)
-        say(f"fastheads: best repeat {best.out_dir.name}; wrote {best.model_path}")
+    for run in runs if cfg.export == "every" else [best]:  # --export best: only now is it known which repeat
+        if run.model_path is None:  # (or a resumed set of repeats that an earlier --export best left head-only)
+            run.model_path = export_from_head(cfg, bb, ds.n_classes, run)
+            say(f"fastheads: {run.out_dir.name}: wrote {run.model_path}")
     summary = summarize(cfg, runs)
     if cfg.repeats > 1:
         write_json(out / "summary.json", summary)
@@ -212,8 +214,10 @@ def train_one(
     if cfg.export == "every" or cfg.repeats == 1:
         model_path = run_dir / "model.keras"
         save_model(heads.stitch_full_model(bb.vgg, head, cfg.arch, cfg.train_layers), model_path)
+        (run_dir / HEAD_FILE).unlink(missing_ok=True)  # an earlier configuration's: never to be exported
     else:  # the trained layers only; the best repeat's full model is exported when all are done
         write_npz(run_dir / HEAD_FILE, "w", head.trainable_weights)
+        (run_dir / "model.keras").unlink(missing_ok=True)  # an earlier configuration's: never to be mistaken for ours
     export_s = time.perf_counter() - t_export
     total_s = time.perf_counter() - t_start
     record = {

@@ -118,6 +118,10 @@ def test_export_best_writes_one_full_model_equal_to_export_every(tmp_path, tiny_
         np.testing.assert_array_equal(a, b)
     again = train(**common, out=str(tmp_path / "best"), export="best", resume=True)  # all finished: nothing redone
     assert [r.model_path for r in again.runs] == [r.model_path for r in best.runs]
+    # another configuration into the folder of --export every: no earlier model may pass for a new repeat's
+    other = train(**dict(common, seed=7), out=str(tmp_path / "every"), export="best", overwrite=True)
+    assert len(list((tmp_path / "every").glob("run_*/model.keras"))) == 1
+    assert other.runs[0].model_path is None or other.runs[0].model_path.is_file()
 
 
 def test_faithful_mode_uses_the_notebook_step_counts(tmp_path, tiny_h5):
