@@ -25,7 +25,7 @@ import numpy as np
 
 from fastheads.config import TrainConfig
 from fastheads.pipeline import FeatureSource, is_oom
-from fastheads.runio import write_json, write_npz
+from fastheads.runio import read_npz_into, write_json, write_npz
 
 
 @dataclass
@@ -104,18 +104,14 @@ class Checkpoint:
 
     def restore_best(self, head, best_epoch: int) -> None:
         """The trainable weights of the best epoch, as ModelCheckpoint(save_best_only) would have kept them."""
-        with np.load(self.folder / f"best-e{best_epoch}.npz") as z:
-            for i, var in enumerate(head.trainable_weights):
-                var.assign(z[f"w{i}"])
+        read_npz_into(self.folder / f"best-e{best_epoch}.npz", "w", head.trainable_weights)
 
     def has(self, epochs_done: int) -> bool:
         return (self.folder / f"current-e{epochs_done}.npz").is_file()
 
     def restore(self, head, epochs_done: int) -> None:
         """Weights and optimizer state as they were after `epochs_done` epochs."""
-        with np.load(self.folder / f"current-e{epochs_done}.npz") as z:
-            for i, var in enumerate(_variables(head)):
-                var.assign(z[f"v{i}"])
+        read_npz_into(self.folder / f"current-e{epochs_done}.npz", "v", _variables(head))
 
     def remove(self) -> None:
         for p in self.folder.glob("*"):

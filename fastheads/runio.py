@@ -58,6 +58,15 @@ def write_npz(path: str | Path, prefix: str, variables: list) -> None:
     atomic_write(path, write, ".npz")
 
 
+def read_npz_into(path: str | Path, prefix: str, variables: list) -> None:
+    """Assign <prefix>0, <prefix>1, ... (as `write_npz` wrote them) to `variables`, one array loaded at a time."""
+    import numpy as np
+
+    with np.load(path) as z:
+        for i, var in enumerate(variables):
+            var.assign(z[f"{prefix}{i}"])
+
+
 def save_model(model, path: str | Path) -> None:
     atomic_write(path, lambda p: model.save(str(p)), suffix=".keras")
 

@@ -24,7 +24,7 @@ from fastheads.errors import UserError
 from fastheads.loop import Checkpoint, config_fingerprint, run_epochs
 from fastheads.pipeline import FeatureSource, OnTheFly
 from fastheads.preprocess import RESIZE_METHOD, resize_images
-from fastheads.runio import save_model, versions, write_json, write_npz
+from fastheads.runio import read_npz_into, save_model, versions, write_json, write_npz
 from fastheads.split import stratified_split
 
 HEAD_FILE = "head.weights.npz"  # --export best: the trained layers of a repeat without model.keras
@@ -260,9 +260,7 @@ def train_one(
 def export_from_head(cfg: TrainConfig, bb: backbone.Backbone, n_classes: int, run: RunResult) -> Path:
     """Write a run's full model.keras from the trained layers it kept in head.weights.npz."""
     head = make_head(cfg, bb, n_classes, run.record["seed"])
-    with np.load(run.out_dir / HEAD_FILE) as z:
-        for i, var in enumerate(head.trainable_weights):
-            var.assign(z[f"w{i}"])
+    read_npz_into(run.out_dir / HEAD_FILE, "w", head.trainable_weights)
     path = run.out_dir / "model.keras"
     save_model(heads.stitch_full_model(bb.vgg, head, cfg.arch, cfg.train_layers), path)
     return path
