@@ -66,24 +66,29 @@ def build_entry(
     cfg: TrainConfig,
     say: Callable[[str], None],
     shard: tuple[int, int] = (0, 1),
+    views: list[int] | None = None,
 ) -> bool:
-    """Build (or resume) an entry with a progress bar showing images/s and the time left."""
+    """Build (or resume) an entry, or only some of its views, with a progress bar showing images/s and the time left."""
     if entry.complete:
         say(f"fastheads: feature store hit: {entry.path}")
         return True
-    done = len(entry.done_units())
-    say(
-        f"fastheads: building feature store {entry.path} ({entry.n_images} images x {entry.n_views} views"
-        + (f", resuming after {done}/{entry.n_units} units" if done else "")
-        + ")"
-    )
+    if views is None:
+        done = len(entry.done_units())
+        say(
+            f"fastheads: building feature store {entry.path} ({entry.n_images} images x {entry.n_views} views"
+            + (f", resuming after {done}/{entry.n_units} units" if done else "")
+            + ")"
+        )
     if not cfg.verbose:
-        return entry.build(base_fn, images, cfg.augment, shard)
+        return entry.build(base_fn, images, cfg.augment, shard, views=views)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    label = (
+        "features" if views is None else f"view {views[0]}/{entry.n_views - 1}" + (" (clean)" if views == [0] else "")
+    )
     t0 = time.perf_counter()
     with Progress(
-        TextColumn("features"), BarColumn(), MofNCompleteColumn(),
+        TextColumn(label), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn(), transient=False,
     ) as bar:  # fmt: skip
         task = bar.add_task("build", total=None, rate=0.0)
@@ -94,37 +99,39 @@ def build_entry(
             rate = seen["n"] / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, advance=n, total=total, rate=rate)
 
-        return entry.build(base_fn, images, cfg.augment, shard, progress)
+        return entry.build(base_fn, images, cfg.augment, shard, progress, views=views)
 
 
 class StoreSource:
-    """Features for training, read from a complete entry; damaged rows are rebuilt, never used.
+    """Features for training, read from the entry; each view is built when first needed, damaged rows are
+    rebuilt, never used.
 
     With a `dense` function (frozen fc layers, see heads.py) each view is pushed through
     it once and kept under <entry>/derived/<head cut>/, so repeats and later runs of the
     same head read 4096 numbers per image instead of recomputing fc1 every epoch.
     """
 
-    def __init__(self, entry: FeatureStore, repair: Callable[[], None],
+    def __init__(self, entry: FeatureStore, ensure: Callable[[int], None],
                  dense: Callable[[np.ndarray], np.ndarray] | None = None, dense_name: str = "") -> None:  # fmt: skip
-        self.entry, self.repair, self.dense, self.dense_name = entry, repair, dense, dense_name
+        self.entry, self.ensure, self.dense, self.dense_name = entry, ensure, dense, dense_name
         self.k = entry.inputs.views
         self._derived: dict[int, np.ndarray] = {}
 
     def _read(self, indices: np.ndarray, view: int) -> np.ndarray:
         for _ in range(3):
+            self.ensure(view)
             try:
                 return self.entry.read(indices, view)
             except DamagedEntry as e:
                 print(f"fastheads: warning: feature store {self.entry.key}: {len(e.units)} damaged unit(s); rebuilding")
                 self.entry.invalidate(e.units)
-                self.repair()
         raise UserError(f"{self.entry.path}: still damaged after rebuilding; remove it with `fastheads cache rm`.")
 
     def _head_input(self, indices: np.ndarray, view: int) -> np.ndarray:
         if self.dense is None:
             return self._read(indices, view)
         if view not in self._derived:
+            self.ensure(view)  # a damaged view is rebuilt on use even when its derived file is intact
             self._derived[view] = self._derive(view)
         return self._derived[view][indices]
 
@@ -158,19 +165,24 @@ class StoreSource:
 def store_for_training(
     cfg: TrainConfig, ds: ImageSet, images: Callable[[], np.ndarray], bb, say: Callable[[str], None]
 ) -> StoreSource:
-    """The source a cached run trains from; `images` (resized) are only computed if the entry needs building."""
+    """The source a cached run trains from; `images` (resized) are only computed if a view needs building."""
     entry = open_entry(cfg, ds, bb.vgg, bb.precision, bb.xla)
+    if entry.complete:
+        say(f"fastheads: feature store hit: {entry.path}")
+    else:
+        say(f"fastheads: feature store {entry.path}: {entry.views_ready()}/{entry.n_views} views ready; "
+            "the others are computed when an epoch first needs them")  # fmt: skip
 
-    def repair() -> None:
-        if not build_entry(entry, bb.base_fn, images(), cfg, say):
-            raise UserError(f"{entry.path}: could not be completed")
+    def ensure(view: int) -> None:
+        if not entry.view_ready(view):
+            build_entry(entry, bb.base_fn, images(), cfg, say, views=[view])
+        if not entry.view_ready(view):
+            raise UserError(f"{entry.path}: view {view} could not be built")
 
-    if not entry.complete:
-        repair()
     from fastheads.heads import frozen_dense_fn, head_cut
 
     dense = frozen_dense_fn(bb.pristine_top, cfg.arch, cfg.train_layers)
-    return StoreSource(entry, repair, dense, head_cut(cfg.arch, cfg.train_layers))
+    return StoreSource(entry, ensure, dense, head_cut(cfg.arch, cfg.train_layers))
 
 
 def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureStore:
@@ -219,7 +231,7 @@ def describe_entry(path: Path | RemotePath) -> dict:
     elif entry.complete:
         status = "complete"
     else:
-        status = f"partial {len(entry.done_units())}/{entry.n_units} units"
+        status = f"partial: {entry.views_ready()}/{entry.n_views} views ready ({len(entry.done_units())}/{entry.n_units} units)"
     return {
         "key": path.name,
         "status": status,
@@ -241,12 +253,15 @@ def _short(weights_id: str) -> str:
 
 
 def verify_entry(path: Path | RemotePath) -> str:
-    """'ok', 'partial (not checked)', or 'DAMAGED: n rows' (then its damaged units are forgotten)."""
+    """'ok', 'ok (partial: ...)', 'unreadable metadata', or 'DAMAGED: n rows' (then its damaged units are forgotten)."""
     entry = stored_entry(path)
-    if entry is None or not entry.complete:
-        return "partial (not checked)"
+    if entry is None:
+        return "unreadable metadata (not checked)"
     bad = entry.verify()
     if not bad:
-        return "ok"
+        if entry.complete:
+            return "ok"
+        built = sum(entry.view_ready(v) for v in range(entry.n_views))
+        return f"ok (partial: its {built}/{entry.n_views} built views checked)"
     entry.invalidate({entry.unit_of(i, v) for i, v in bad})
     return f"DAMAGED: {len(bad)} rows; they will be rebuilt on next use"

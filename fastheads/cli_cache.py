@@ -92,7 +92,7 @@ def cache_ls(cache_dir: CacheDir = "cache") -> None:
         for path in entries:
             d = describe_entry(path)
             typer.echo(
-                f"{d['key']}  {d['status']:<22} {d['images']} images x {d['views']} views at {d['cut']}, "
+                f"{d['key']}  {d['status']:<10} {d['images']} images x {d['views']} views at {d['cut']}, "
                 f"{d['size']}px, {d['precision']}/{d['dtype']}, weights {d['weights']}, augment {d['augment']}, "
                 f"{d['bytes'] / 1e6:.1f} MB"
             )
@@ -122,7 +122,7 @@ def cache_rm(
 
 @cache_app.command("verify")
 def cache_verify(cache_dir: CacheDir = "cache") -> None:
-    """Re-read every complete entry and check each row against its checksum; damaged ones are marked for rebuild."""
+    """Re-read every built view of every entry and check each row against its checksum; damaged rows are rebuilt on next use."""
 
     def body() -> None:
         from fastheads.cache import verify_entry
@@ -131,7 +131,7 @@ def cache_verify(cache_dir: CacheDir = "cache") -> None:
         damaged = 0
         for path in list_entries(cache_dir):
             status = verify_entry(path)
-            damaged += status != "ok"
+            damaged += status.startswith("DAMAGED")
             typer.echo(f"{path.name}  {status}")
         if damaged:
             raise typer.Exit(1)

@@ -12,6 +12,11 @@ that is killed resumes with the units it had not finished and produces exactly t
 an uninterrupted build would. A file lock serialises builders of one entry; readers
 check every row's CRC and rebuild what is damaged instead of using it.
 
+Training builds lazily: a view is computed when an epoch first needs it (`build(views=...)`),
+so a run that stops early never pays for the views it would not have used. A view is
+read only when every unit it spans is marked done; the units are the same whatever order
+they are built in, so a lazily built entry holds the same bytes as one built in one go.
+
 The root may be a local folder or an fsspec URL (gs://, s3://, memory://): see
 store_io.py for what changes remotely (no locks) and why the guarantees still hold.
 """
@@ -61,6 +66,7 @@ class FeatureStore:
         self.n_units = -(-self.total // UNIT)
         self._array = None
         self._checksums: np.ndarray | None = None
+        self._view_crcs: dict[int, np.ndarray] = {}
 
     # ------------------------------------------------------------------ layout
     @property
@@ -74,6 +80,22 @@ class FeatureStore:
     def unit_pairs(self, unit: int) -> np.ndarray:
         flat = np.arange(unit * UNIT, min((unit + 1) * UNIT, self.total))
         return np.stack([flat % self.n_images, flat // self.n_images], axis=1).astype(np.int64)
+
+    def units_of_view(self, view: int) -> range:
+        lo = view * self.n_images
+        return range(lo // UNIT, (lo + self.n_images - 1) // UNIT + 1)
+
+    def view_ready(self, view: int) -> bool:
+        """Every unit holding a row of this view is written and marked."""
+        if self.complete:
+            return True
+        done = self.done_units()
+        return all(u in done for u in self.units_of_view(view))
+
+    def views_ready(self) -> int:
+        """How many views, from view 0 on, can be read (for `cache ls`)."""
+        done = self.done_units()
+        return next((v for v in range(self.n_views) if any(u not in done for u in self.units_of_view(v))), self.n_views)
 
     def _marker(self, unit: int) -> Path:
         return self.path / "units" / f"u{unit:06d}.json"
@@ -120,9 +142,11 @@ class FeatureStore:
         spec: AugmentSpec,
         shard: tuple[int, int] = (0, 1),
         progress: Callable[[int, int], None] | None = None,
+        views: list[int] | None = None,
     ) -> bool:
-        """Compute the missing units of this shard; return True when the whole entry is complete."""
+        """Compute the missing units of this shard (of these views only, if given); True when the entry is complete."""
         i, n = shard
+        wanted = None if views is None else {u for v in views for u in self.units_of_view(v)}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             with lock(self.path / ".lock-create"):
@@ -133,7 +157,7 @@ class FeatureStore:
             if self.complete:
                 return True
             done = self.done_units()
-            todo = [u for u in range(self.n_units) if u % n == i and u not in done]
+            todo = [u for u in range(self.n_units) if u % n == i and u not in done and (wanted is None or u in wanted)]
             if todo:
                 self._compute(todo, base_fn, images, spec, progress)
         return self._finish_if_done()
@@ -199,10 +223,32 @@ class FeatureStore:
             self._checksums = load_npy(self.path / "checksums.npy")
         return self._checksums
 
+    def crcs_of_view(self, view: int) -> np.ndarray:
+        """The CRC32 of each image's row in this view: from checksums.npy, or the unit markers of a partial entry."""
+        if view in self._view_crcs:
+            return self._view_crcs[view]
+        if self.complete:
+            crcs = self.checksums()[:, view]
+        else:
+            crcs = np.zeros(self.n_images, np.uint32)
+            for u in self.units_of_view(view):
+                try:
+                    unit_crcs = json.loads(self._marker(u).read_text())["crc"]
+                except FileNotFoundError:
+                    raise RuntimeError(
+                        f"feature store entry {self.key}: view {view} read before it was built"
+                    ) from None
+                except (OSError, ValueError, KeyError):
+                    raise DamagedEntry({u}) from None
+                for (img, v), c in zip(self.unit_pairs(u), unit_crcs, strict=True):
+                    if v == view:
+                        crcs[img] = c
+        self._view_crcs[view] = crcs
+        return crcs
+
     def read(self, indices: np.ndarray, view: int) -> np.ndarray:
         """Rows (image, view) as float32, every one checked against its CRC; raises DamagedEntry."""
-        if not self.complete:
-            raise RuntimeError(f"feature store entry {self.key} read before it was complete")
+        expected_all = self.crcs_of_view(view)  # raises if the view is not built yet
         indices = np.asarray(indices, np.int64)
         arr = self.array()
         try:
@@ -219,7 +265,7 @@ class FeatureStore:
                     bad.add(self.unit_of(int(i), view))
             if bad:
                 raise DamagedEntry(bad)
-        expected = self.checksums()[indices, view]
+        expected = expected_all[indices]
         got = np.array(crc_rows(rows), np.uint32)
         if not np.array_equal(got, expected):
             bad_rows = indices[got != expected]
@@ -237,12 +283,15 @@ class FeatureStore:
             for u in units:
                 self._marker(u).unlink(missing_ok=True)
             self._checksums = None
+            self._view_crcs.clear()
             self._array = None
 
     def verify(self) -> list[tuple[int, int]]:
-        """Re-read every row; return the (image, view) pairs whose bytes do not match."""
+        """Re-read every row of every built view; return the (image, view) pairs whose bytes do not match."""
         bad = []
         for view in range(self.n_views):
+            if not self.view_ready(view):
+                continue  # a lazily built entry: views no run has needed yet
             for i in range(self.n_images):
                 try:
                     self.read(np.array([i]), view)

@@ -90,8 +90,8 @@ def plan_lines(plan: list[tuple[Experiment, TrainConfig]], opt: TpOptions) -> tu
     estimate = to_build / rate + n_runs * 6.0
     head = [
         f"fastheads tp: {len(plan)} experiments, {n_runs} training runs, {len(entries)} feature-store entries "
-        f"({sum(not d for *_, d in entries.values())} to build: {to_build} images through VGG16 at ~{rate:.0f}/s), "
-        f"estimated {estimate / 60:.0f} min",
+        f"({sum(not d for *_, d in entries.values())} to build: up to {to_build} images through VGG16 at "
+        f"~{rate:.0f}/s; views no epoch reaches are never built), estimated at most {estimate / 60:.0f} min",
     ]
     return head + lines, estimate
 

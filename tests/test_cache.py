@@ -17,7 +17,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastheads.cache import verify_entry
+from fastheads.cache import stored_entry, verify_entry
 from fastheads.cache_key import KeyInputs, file_fingerprint, pixels_hash
 from fastheads.feature_store import list_entries
 from fastheads.train import train
@@ -130,6 +130,28 @@ def test_killed_build_resumes_to_identical_bytes(tmp_path, tiny_h5, clean_build)
     assert not (entry / "COMPLETE").exists() and 3 <= n_done < 16, n_done  # really part-way
     subprocess.run(_build_cmd(tiny_h5, cache_dir), check=True, capture_output=True)
     assert (entry / "COMPLETE").exists()
+    a, sa = _contents(entry)
+    b, sb = _contents(clean_build)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(sa, sb)
+
+
+def test_a_cached_run_builds_only_the_views_it_uses_and_the_rest_completes_to_identical_bytes(
+    tmp_path, tiny_h5, clean_build
+):
+    cache_dir = tmp_path / "c"
+    train(data=str(tiny_h5), weights="none", image_size=64, views=20, epochs=3, batch_size=8, verbose=False,
+          cache=True, cache_dir=str(cache_dir), precision="fp32", xla="off", out=str(tmp_path / "run"))  # fmt: skip
+    entry = _entry(cache_dir)
+    assert entry.name == clean_build.name  # the same key as the one-shot build
+    store = stored_entry(entry)
+    ready = [v for v in range(store.n_views) if store.view_ready(v)]
+    assert not store.complete and ready[:4] == [0, 1, 2, 3] and len(ready) < 8, ready  # views 0 (clean) and 1..3
+    clean_rows = zarr.open_array(str(clean_build / "features"), mode="r")
+    for v in range(4):
+        np.testing.assert_array_equal(store.read(np.arange(store.n_images), v), clean_rows[:, v].astype(np.float32))
+    assert verify_entry(entry).startswith("ok (partial")
+    subprocess.run(_build_cmd(tiny_h5, cache_dir), check=True, capture_output=True)  # `cache build` finishes it
     a, sa = _contents(entry)
     b, sb = _contents(clean_build)
     np.testing.assert_array_equal(a, b)

@@ -107,12 +107,13 @@ def _tiny_head():
 
 def _run_loop(tmp_path, name, batch_size, epochs=3, fit=None, resume=False, head=None):
     from fastheads.config import TrainConfig
-    from fastheads.loop import Checkpoint, run_epochs
+    from fastheads.loop import Checkpoint, EpochSteps, run_epochs
 
     head = head or _tiny_head()
-    if fit is not None:
-        fit.orig = head.fit
-        head.fit = fit
+    if fit is not None:  # stands in for one epoch of training: (train, val, batch) -> logs
+        steps = EpochSteps(head)
+        fit.orig, steps.run = steps.run, fit
+        head._fastheads_steps = steps
     labels = np.arange(24) % 4
     y = keras.utils.to_categorical(labels, 4)
     tr, va = np.arange(16), np.arange(16, 24)
@@ -123,18 +124,19 @@ def _run_loop(tmp_path, name, batch_size, epochs=3, fit=None, resume=False, head
 
 
 def test_out_of_memory_in_training_halves_the_batch_and_retries_the_epoch(tmp_path):
-    """fit raises ResourceExhaustedError above batch 2, after really taking a step: the epoch is redone
+    """An epoch raises ResourceExhaustedError above batch 2, after really taking a step: the epoch is redone
     from the saved weights at 4, then 2, and the run ends exactly as a run at batch size 2 does."""
     import tensorflow as tf
 
     seen = []
 
-    def flaky_fit(x, y, batch_size, **kw):
+    def flaky_fit(train, val, batch_size):
         seen.append(batch_size)
         if batch_size > 2:
-            flaky_fit.orig(x[:batch_size], y[:batch_size], batch_size=batch_size, epochs=1, verbose=0)  # half done
+            (x, y) = train
+            flaky_fit.orig((x[:batch_size], y[:batch_size]), val, batch_size)  # half done
             raise tf.errors.ResourceExhaustedError(None, None, f"OOM when allocating tensor with shape[{batch_size},6]")
-        return flaky_fit.orig(x, y, batch_size=batch_size, **kw)
+        return flaky_fit.orig(train, val, batch_size)
 
     with pytest.warns(UserWarning, match=r"batch size 4\b") as rec:
         state, head = _run_loop(tmp_path, "oom", batch_size=8, fit=flaky_fit)
@@ -153,9 +155,9 @@ def test_out_of_memory_in_training_halves_the_batch_and_retries_the_epoch(tmp_pa
     # a resumed run continues at the batch size that fitted, not at --batch-size again
     seen.clear()
 
-    def recording_fit(x, y, batch_size, **kw):
+    def recording_fit(train, val, batch_size):
         seen.append(batch_size)
-        return recording_fit.orig(x, y, batch_size=batch_size, **kw)
+        return recording_fit.orig(train, val, batch_size)
 
     resumed, _ = _run_loop(tmp_path, "oom", batch_size=8, epochs=4, fit=recording_fit, resume=True)
     assert seen == [2] and resumed.epochs_done == 4 and resumed.batch_size_used == 2
@@ -166,7 +168,7 @@ def test_training_errors_other_than_out_of_memory_are_not_retried(tmp_path):
 
     calls = []
 
-    def broken_fit(x, y, batch_size, **kw):
+    def broken_fit(train, val, batch_size):
         calls.append(batch_size)
         raise ValueError("shapes do not match")
 
@@ -176,7 +178,7 @@ def test_training_errors_other_than_out_of_memory_are_not_retried(tmp_path):
 
     calls.clear()
 
-    def always_oom(x, y, batch_size, **kw):
+    def always_oom(train, val, batch_size):
         calls.append(batch_size)
         raise tf.errors.ResourceExhaustedError(None, None, "OOM")
 

@@ -152,3 +152,32 @@ def test_stratified_split_properties():
         stratified_split(np.array([0, 0, 1]), 0.3, 0)
     with pytest.raises(UserError, match="single class"):
         stratified_split(np.zeros(5, int), 0.3, 0)
+
+
+def test_an_epoch_of_compiled_steps_is_an_epoch_of_fit():
+    """EpochSteps replaces `fit(epochs=1)` per epoch: same history, same weights, same optimizer state."""
+    from fastheads.loop import EpochSteps
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(45, 12)).astype(np.float32), keras.utils.to_categorical(rng.integers(0, 3, 45), 3)
+    val = (rng.normal(size=(13, 12)).astype(np.float32), keras.utils.to_categorical(rng.integers(0, 3, 13), 3))
+
+    def head():
+        keras.utils.set_random_seed(5)
+        m = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])  # fmt: skip
+        lr = keras.optimizers.schedules.InverseTimeDecay(0.05, decay_steps=1, decay_rate=1e-3)
+        m.compile(keras.optimizers.SGD(lr, momentum=0.7, nesterov=True), "categorical_crossentropy",
+                  metrics=["categorical_accuracy"])  # fmt: skip
+        return m
+
+    a, b = head(), head()
+    steps = EpochSteps(b)
+    for epoch in range(3):
+        order = np.random.default_rng(epoch).permutation(45)
+        h = a.fit(x[order], y[order], batch_size=8, epochs=1, shuffle=False, verbose=0, validation_data=val)
+        logs = steps.run((x[order], y[order]), val, 8)
+        assert list(logs) == list(h.history) and logs == {k: float(v[-1]) for k, v in h.history.items()}
+    for wa, wb in zip(a.get_weights() + [v.numpy() for v in a.optimizer.variables],
+                      b.get_weights() + [v.numpy() for v in b.optimizer.variables], strict=True):  # fmt: skip
+        np.testing.assert_array_equal(wa, wb)
