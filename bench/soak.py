@@ -7,7 +7,7 @@ For each kill point: start a real process (`fastheads cache build`, `fastheads t
 `fastheads train --cache`), SIGKILL it after a random delay, rerun it to completion (the
 same build; `train --resume`), and compare with a clean, uninterrupted reference:
 
-- cache build: the zarr chunk files and the decoded array byte for byte, and checksums.npy;
+- cache build: the zarr chunk files and the decoded array byte for byte, and the units' CRCs;
 - training: history.json equal, model.keras's 'predictions' weights equal (and, for
   `train --cache`, its feature-store entry equal to the cache reference's).
 
@@ -60,7 +60,7 @@ class Progress:
 
     units: int = 0  # finished feature-store units
     n_units: int = 0
-    complete: bool = False  # the entry's COMPLETE marker
+    complete: bool = False  # every unit of the EPOCHS + 1 views the soak uses is built
     epochs: int = 0  # epochs in the checkpoint
     model: bool = False  # model.keras written
     run_json: bool = False  # run.json written (the run is finished)
@@ -73,12 +73,12 @@ def progress(folder: Path) -> Progress:
     if entries:
         e = entries[0]
         p.units = len(list((e / "units").glob("u*.json")))
-        p.complete = (e / "COMPLETE").is_file()
         try:
             meta = json.loads((e / "features" / "zarr.json").read_text())["attributes"]["fastheads"]["key_inputs"]
-            p.n_units = -(-meta["n_images"] * (1 + meta["views"]) // 32)
+            p.n_units = -(-meta["n_images"] * (1 + EPOCHS) // 32)  # views 0..EPOCHS
         except (OSError, ValueError, KeyError):
             pass
+        p.complete = p.n_units > 0 and p.units >= p.n_units
     run = folder / "run"
     try:
         p.epochs = json.loads((run / "checkpoint" / "state.json").read_text())["epochs_done"]
@@ -137,12 +137,15 @@ def run_timed(setup: Setup, kind: str, folder: Path) -> tuple[float, float]:
 
 
 def entry_bytes(folder: Path) -> dict[str, bytes]:
-    """The chunk files, the decoded array and checksums.npy of the one complete entry under folder/cache."""
+    """The chunk files, the decoded views 0..EPOCHS and their row CRCs of the one entry under folder/cache."""
     import zarr
 
-    (entry,) = [e for e in (folder / "cache").glob("*") if (e / "COMPLETE").is_file()]
-    out = {"key": entry.name.encode(), "checksums.npy": (entry / "checksums.npy").read_bytes()}
-    out["array"] = np.ascontiguousarray(zarr.open_array(str(entry / "features"), mode="r")[...]).tobytes()
+    from fastheads.cache import stored_entry
+
+    (entry,) = [e for e in (folder / "cache").glob("*") if (e / "features").is_dir()]
+    out = {"key": entry.name.encode(), "crcs": stored_entry(entry).crc_table(EPOCHS).tobytes()}
+    array = zarr.open_array(str(entry / "features"), mode="r")[:, : EPOCHS + 1]
+    out["array"] = np.ascontiguousarray(array).tobytes()
     for chunk in sorted((entry / "features" / "c").rglob("*")):
         if chunk.is_file() and not chunk.name.endswith(".partial"):  # zarr's own half-written temporaries
             out[str(chunk.relative_to(entry))] = chunk.read_bytes()

@@ -2,6 +2,8 @@
 
 `StoreSource` is the cached twin of `pipeline.OnTheFly`: the training loop cannot tell
 them apart, except that epoch e reads view 1 + (e mod K) instead of computing view 1 + e.
+K (`--views`, default `--epochs`) belongs to the run, not to the entry: the entry holds
+whichever views runs have needed so far.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from fastheads.augment import AugmentSpec
 from fastheads.backbone import cut_layer
-from fastheads.cache_key import KeyInputs, pixels_hash, weights_identity
+from fastheads.cache_key import FORMAT_VERSION, KeyInputs, pixels_hash, weights_identity
 from fastheads.config import TrainConfig
 from fastheads.data import ImageSet
 from fastheads.errors import UserError
@@ -29,7 +31,6 @@ from fastheads.store_io import RemotePath, is_url, load_npy, location, save_npy,
 def key_inputs(cfg: TrainConfig, ds: ImageSet, precision: str, xla: bool) -> KeyInputs:
     import tensorflow as tf
 
-    views = 0 if cfg.augment.is_identity else cfg.n_views
     return KeyInputs(
         weights=weights_identity(cfg.weights, 0, None if is_url(cfg.cache_dir) else location(cfg.cache_dir)),
         pixels=pixels_hash(ds.images),
@@ -39,7 +40,6 @@ def key_inputs(cfg: TrainConfig, ds: ImageSet, precision: str, xla: bool) -> Key
         preprocessing="caffe",
         cut=cut_layer(cfg.arch),
         augment=cfg.augment.canonical(),
-        views=views,
         augment_seed=cfg.augment_seed,
         precision=precision,
         xla=xla,
@@ -59,33 +59,26 @@ def open_entry(cfg: TrainConfig, ds: ImageSet, vgg, precision: str, xla: bool) -
     return FeatureStore(root / inputs.key(), inputs, shape)
 
 
+def run_views(cfg: TrainConfig) -> int:
+    """K: the augmented views a run with `cfg` reads (0 without augmentation: every epoch is the clean view)."""
+    return 0 if cfg.augment.is_identity else cfg.n_views
+
+
 def build_entry(
     entry: FeatureStore,
     base_fn: Callable,
     images: np.ndarray,
     cfg: TrainConfig,
+    views: list[int],
     say: Callable[[str], None],
     shard: tuple[int, int] = (0, 1),
-    views: list[int] | None = None,
 ) -> bool:
-    """Build (or resume) an entry, or only some of its views, with a progress bar showing images/s and the time left."""
-    if entry.complete:
-        say(f"fastheads: feature store hit: {entry.path}")
-        return True
-    if views is None:
-        done = len(entry.done_units())
-        say(
-            f"fastheads: building feature store {entry.path} ({entry.n_images} images x {entry.n_views} views"
-            + (f", resuming after {done}/{entry.n_units} units" if done else "")
-            + ")"
-        )
+    """Build (or resume) these views of an entry, with a progress bar showing images/s and the time left."""
     if not cfg.verbose:
-        return entry.build(base_fn, images, cfg.augment, shard, views=views)
+        return entry.build(base_fn, images, cfg.augment, views, shard)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    label = (
-        "features" if views is None else f"view {views[0]}/{entry.n_views - 1}" + (" (clean)" if views == [0] else "")
-    )
+    label = "features" if len(views) > 1 else ("clean view" if views == [0] else f"view {views[0]}")
     t0 = time.perf_counter()
     with Progress(
         TextColumn(label), BarColumn(), MofNCompleteColumn(),
@@ -99,7 +92,7 @@ def build_entry(
             rate = seen["n"] / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, advance=n, total=total, rate=rate)
 
-        return entry.build(base_fn, images, cfg.augment, shard, progress, views=views)
+        return entry.build(base_fn, images, cfg.augment, views, shard, progress)
 
 
 class StoreSource:
@@ -111,10 +104,9 @@ class StoreSource:
     same head read 4096 numbers per image instead of recomputing fc1 every epoch.
     """
 
-    def __init__(self, entry: FeatureStore, ensure: Callable[[int], None],
+    def __init__(self, entry: FeatureStore, k: int, ensure: Callable[[int], None],
                  dense: Callable[[np.ndarray], np.ndarray] | None = None, dense_name: str = "") -> None:  # fmt: skip
-        self.entry, self.ensure, self.dense, self.dense_name = entry, ensure, dense, dense_name
-        self.k = entry.inputs.views
+        self.entry, self.k, self.ensure, self.dense, self.dense_name = entry, k, ensure, dense, dense_name
         self._derived: dict[int, np.ndarray] = {}
 
     def _read(self, indices: np.ndarray, view: int) -> np.ndarray:
@@ -167,22 +159,22 @@ def store_for_training(
 ) -> StoreSource:
     """The source a cached run trains from; `images` (resized) are only computed if a view needs building."""
     entry = open_entry(cfg, ds, bb.vgg, bb.precision, bb.xla)
-    if entry.complete:
+    k = run_views(cfg)
+    have = entry.views_ready()
+    if have > k:
         say(f"fastheads: feature store hit: {entry.path}")
     else:
-        say(f"fastheads: feature store {entry.path}: {entry.views_ready()}/{entry.n_views} views ready; "
+        say(f"fastheads: feature store {entry.path}: {have} of the {k + 1} views this run may read are ready; "
             "the others are computed when an epoch first needs them")  # fmt: skip
 
     def ensure(view: int) -> None:
-        if not entry.view_ready(view):
-            build_entry(entry, bb.base_fn, images(), cfg, say, views=[view])
-        if not entry.view_ready(view):
+        if not entry.view_ready(view) and not build_entry(entry, bb.base_fn, images(), cfg, [view], say):
             raise UserError(f"{entry.path}: view {view} could not be built")
 
     from fastheads.heads import frozen_dense_fn, head_cut
 
     dense = frozen_dense_fn(bb.pristine_top, cfg.arch, cfg.train_layers)
-    return StoreSource(entry, ensure, dense, head_cut(cfg.arch, cfg.train_layers))
+    return StoreSource(entry, k, ensure, dense, head_cut(cfg.arch, cfg.train_layers))
 
 
 def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureStore:
@@ -199,21 +191,25 @@ def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureSto
     ds = load_images(cfg.data, cfg.classes, cfg.labels_csv)
     bb = prepare(cfg.weights, cfg.arch, cfg.image_size, cfg.precision, cfg.xla, cfg.strategy)
     entry = open_entry(cfg, ds, bb.vgg, bb.precision, bb.xla)
-    if entry.complete:
-        say(f"fastheads: feature store hit: {entry.path}")
+    k = run_views(cfg)
+    if entry.ready(k):
+        say(f"fastheads: feature store hit: {entry.path} (views 0..{k} ready)")
         return entry
+    done = len(entry.done_units())
+    say(f"fastheads: building feature store {entry.path} ({entry.n_images} images x {k + 1} views"
+        + (f", {done} units of 32 already there" if done else "") + ")")  # fmt: skip
     images = resize_images(ds.images, cfg.image_size)
-    complete = build_entry(entry, bb.base_fn, images, cfg, say, shard)
-    say(f"fastheads: entry {entry.key} " + ("complete" if complete else f"has its shard {i}/{n} done"))
+    complete = build_entry(entry, bb.base_fn, images, cfg, list(range(k + 1)), say, shard)
+    say(f"fastheads: entry {entry.key} " + (f"has views 0..{k}" if complete else f"has its shard {i}/{n} done"))
     return entry
 
 
 def stored_entry(path: Path | RemotePath) -> FeatureStore | None:
-    """An existing entry, rebuilt from its own metadata (None when that is missing or unreadable)."""
+    """An existing entry, rebuilt from its own metadata (None when that is missing, unreadable or of an older format)."""
     try:
         meta = json.loads((path / "features" / "zarr.json").read_text())
         inputs = KeyInputs(**meta["attributes"]["fastheads"]["key_inputs"])
-        return FeatureStore(path, inputs, tuple(meta["shape"][2:]))
+        return FeatureStore(path, inputs, tuple(meta["shape"][2:])) if inputs.format == FORMAT_VERSION else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -227,16 +223,17 @@ def describe_entry(path: Path | RemotePath) -> dict:
     except (KeyError, TypeError, ValueError):
         aug_text = "?"
     if entry is None:
-        status = "unreadable metadata"
-    elif entry.complete:
-        status = "complete"
+        status, views = "unreadable or older format: remove it with `fastheads cache rm`", "?"
     else:
-        status = f"partial: {entry.views_ready()}/{entry.n_views} views ready ({len(entry.done_units())}/{entry.n_units} units)"
+        built = entry.built_views()
+        views = f"clean + {len(built) - 1}" if built else "none"
+        whole = {u for v in built for u in entry.units_of_view(v)}
+        status = "ready" if entry.done_units() <= whole else "partial"  # units of a view not finished yet
     return {
         "key": path.name,
         "status": status,
         "images": meta.get("n_images"),
-        "views": meta.get("views"),
+        "views": views,
         "cut": meta.get("cut"),
         "size": meta.get("image_size"),
         "precision": meta.get("precision"),
@@ -253,15 +250,12 @@ def _short(weights_id: str) -> str:
 
 
 def verify_entry(path: Path | RemotePath) -> str:
-    """'ok', 'ok (partial: ...)', 'unreadable metadata', or 'DAMAGED: n rows' (then its damaged units are forgotten)."""
+    """'ok (n views)', 'not checked: ...', or 'DAMAGED: n rows' (then its damaged units are forgotten)."""
     entry = stored_entry(path)
     if entry is None:
-        return "unreadable metadata (not checked)"
+        return "not checked: unreadable metadata or an older format"
     bad = entry.verify()
     if not bad:
-        if entry.complete:
-            return "ok"
-        built = sum(entry.view_ready(v) for v in range(entry.n_views))
-        return f"ok (partial: its {built}/{entry.n_views} built views checked)"
+        return f"ok ({len(entry.built_views())} views)"
     entry.invalidate({entry.unit_of(i, v) for i, v in bad})
     return f"DAMAGED: {len(bad)} rows; they will be rebuilt on next use"

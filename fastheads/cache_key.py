@@ -3,8 +3,9 @@
 A changed input must never be served stale features, and an unchanged one must always
 hit; so the key is computed from content (file hashes, pixel hashes), never from paths,
 names or timestamps. Things that do not change the numbers (labels, class names, the
-split, the head, the learning rate, the number of epochs) are deliberately left out, so
-every repeat and every head of the course shares one entry.
+split, the head, the learning rate, the number of epochs, the number of views a run
+uses) are deliberately left out, so every repeat and every head of the course shares one
+entry.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1  # bump when the layout or the meaning of a view changes
+FORMAT_VERSION = 2  # bump when the layout or the meaning of a view changes (2: views no longer in the key)
 UNIT = 32  # build unit: (view, image) pairs per batch and per progress marker; fixed so resumes are bit-identical
+MAX_VIEWS = 1024  # augmented views an entry can hold: the array's shape; views never built take no space
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,6 @@ class KeyInputs:
     preprocessing: str
     cut: str
     augment: str  # AugmentSpec.canonical()
-    views: int
     augment_seed: int
     precision: str
     xla: bool

@@ -79,7 +79,7 @@ def cache_build(
 
 @cache_app.command("ls")
 def cache_ls(cache_dir: CacheDir = "cache") -> None:
-    """List the entries: key, what they hold, size on disk, complete or partial."""
+    """List the entries: key, what they hold (images, views built), size on disk, ready or partial."""
 
     def body() -> None:
         from fastheads.cache import describe_entry
@@ -92,7 +92,7 @@ def cache_ls(cache_dir: CacheDir = "cache") -> None:
         for path in entries:
             d = describe_entry(path)
             typer.echo(
-                f"{d['key']}  {d['status']:<10} {d['images']} images x {d['views']} views at {d['cut']}, "
+                f"{d['key']}  {d['status']:<8} {d['images']} images, {d['views']} views at {d['cut']}, "
                 f"{d['size']}px, {d['precision']}/{d['dtype']}, weights {d['weights']}, augment {d['augment']}, "
                 f"{d['bytes'] / 1e6:.1f} MB"
             )

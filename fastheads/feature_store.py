@@ -1,21 +1,24 @@
-"""The feature store: frozen-base outputs of every image, clean and K augmented views, in zarr.
+"""The feature store: frozen-base outputs of every image, a clean view and augmented views, in zarr.
 
 One entry per key (see cache_key.py) under the cache root:
 
-    <root>/<key>/features      zarr array (N, 1 + K, *feature_shape), one chunk per (image, view)
+    <root>/<key>/features      zarr array (N, 1 + MAX_VIEWS, *feature_shape), one chunk per (image, view)
     <root>/<key>/units/        one marker per finished build unit, with a CRC32 per stored row
-    <root>/<key>/checksums.npy CRC32 of every (image, view) row, written when the last unit is done
-    <root>/<key>/COMPLETE      written last, atomically: only then is the entry ever read
+
+View v of an image is a pure function of (augmentation seed, image, v), so the number of
+views a run uses (K, `--views`) is not part of the key: a 13-epoch and a 26-epoch run
+share views 0..13, and a run that needs more views adds them. The array is shaped for
+MAX_VIEWS; chunks that were never written take no space.
 
 Work is cut into fixed units of 32 (image, view) pairs in view-major order, so a build
 that is killed resumes with the units it had not finished and produces exactly the bytes
-an uninterrupted build would. A file lock serialises builders of one entry; readers
-check every row's CRC and rebuild what is damaged instead of using it.
-
-Training builds lazily: a view is computed when an epoch first needs it (`build(views=...)`),
-so a run that stops early never pays for the views it would not have used. A view is
-read only when every unit it spans is marked done; the units are the same whatever order
-they are built in, so a lazily built entry holds the same bytes as one built in one go.
+an uninterrupted build would. Training builds lazily (`build(views=...)`): a view is
+computed when an epoch first needs it, so a run that stops early never pays for the
+views it would not have used. The units are the same whatever order they are built in
+(each batch is one unit), so an entry grown view by view holds the same bytes as one
+built in one go. A view is read only when every unit holding its rows is marked done. A
+file lock serialises builders of one entry; readers check every row's CRC and rebuild
+what is damaged instead of using it.
 
 The root may be a local folder or an fsspec URL (gs://, s3://, memory://): see
 store_io.py for what changes remotely (no locks) and why the guarantees still hold.
@@ -24,7 +27,6 @@ store_io.py for what changes remotely (no locks) and why the guarantees still ho
 from __future__ import annotations
 
 import json
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict
@@ -33,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from fastheads.augment import AugmentSpec
-from fastheads.cache_key import UNIT, KeyInputs
+from fastheads.cache_key import MAX_VIEWS, UNIT, KeyInputs
 from fastheads.errors import UserError
 from fastheads.pipeline import extract_features
-from fastheads.store_io import RemotePath, load_npy, location, lock, rmtree, save_npy, write_whole
+from fastheads.store_io import RemotePath, location, lock, rmtree, write_whole
 
 
 class DamagedEntry(Exception):
@@ -61,21 +63,15 @@ class FeatureStore:
 
     def __init__(self, path: Path | RemotePath, inputs: KeyInputs, feature_shape: tuple[int, ...]) -> None:
         self.path, self.inputs, self.feature_shape = path, inputs, tuple(feature_shape)
-        self.n_images, self.n_views = inputs.n_images, 1 + inputs.views
+        self.n_images, self.n_views = inputs.n_images, 1 + MAX_VIEWS  # capacity: view 0 (clean) + augmented ones
         self.total = self.n_images * self.n_views
-        self.n_units = -(-self.total // UNIT)
         self._array = None
-        self._checksums: np.ndarray | None = None
         self._view_crcs: dict[int, np.ndarray] = {}
 
     # ------------------------------------------------------------------ layout
     @property
     def key(self) -> str:
         return self.path.name
-
-    @property
-    def complete(self) -> bool:
-        return (self.path / "COMPLETE").is_file()
 
     def unit_pairs(self, unit: int) -> np.ndarray:
         flat = np.arange(unit * UNIT, min((unit + 1) * UNIT, self.total))
@@ -85,17 +81,26 @@ class FeatureStore:
         lo = view * self.n_images
         return range(lo // UNIT, (lo + self.n_images - 1) // UNIT + 1)
 
-    def view_ready(self, view: int) -> bool:
+    def view_ready(self, view: int, done: set[int] | None = None) -> bool:
         """Every unit holding a row of this view is written and marked."""
-        if self.complete:
-            return True
-        done = self.done_units()
+        done = self.done_units() if done is None else done
         return all(u in done for u in self.units_of_view(view))
+
+    def ready(self, views: int) -> bool:
+        """The clean view and augmented views 1..views can all be read."""
+        done = self.done_units()
+        return all(self.view_ready(v, done) for v in range(views + 1))
 
     def views_ready(self) -> int:
         """How many views, from view 0 on, can be read (for `cache ls`)."""
         done = self.done_units()
-        return next((v for v in range(self.n_views) if any(u not in done for u in self.units_of_view(v))), self.n_views)
+        return next(v for v in range(self.n_views + 1) if v == self.n_views or not self.view_ready(v, done))
+
+    def built_views(self) -> list[int]:
+        """Every view that can be read, in order (a lazily grown entry has no gaps, a sharded build may)."""
+        done = self.done_units()
+        touched = sorted({int(v) for u in done for v in np.unique(self.unit_pairs(u)[:, 1])})
+        return [v for v in touched if self.view_ready(v, done)]
 
     def _marker(self, unit: int) -> Path:
         return self.path / "units" / f"u{unit:06d}.json"
@@ -131,7 +136,7 @@ class FeatureStore:
             dtype=self.inputs.dtype,
             compressors=zarr.codecs.ZstdCodec(level=3),  # ReLU/max-pool outputs are mostly zeros
             fill_value=0,
-            attributes={"fastheads": {"key_inputs": asdict(self.inputs), "complete": False}},
+            attributes={"fastheads": {"key_inputs": asdict(self.inputs)}},  # never changes: remote builders agree
         )
 
     # ------------------------------------------------------------------ building
@@ -140,27 +145,30 @@ class FeatureStore:
         base_fn: Callable,
         images: np.ndarray,
         spec: AugmentSpec,
+        views: list[int],
         shard: tuple[int, int] = (0, 1),
         progress: Callable[[int, int], None] | None = None,
-        views: list[int] | None = None,
     ) -> bool:
-        """Compute the missing units of this shard (of these views only, if given); True when the entry is complete."""
+        """Compute the missing units of these views (this shard's share); True when all of them can be read."""
         i, n = shard
-        wanted = None if views is None else {u for v in views for u in self.units_of_view(v)}
+        if max(views) >= self.n_views:
+            raise UserError(
+                f"--views: an entry holds at most {self.n_views - 1} augmented views, asked for {max(views)}."
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             with lock(self.path / ".lock-create"):
                 self._create()
         except OSError as e:
             raise UserError(f"--cache-dir {self.path.parent}: cannot create the feature store ({e.strerror}).") from e
+        wanted = sorted({u for v in views for u in self.units_of_view(v)})
         with lock(self.path / f".lock-build-{i}of{n}"):
-            if self.complete:
-                return True
             done = self.done_units()
-            todo = [u for u in range(self.n_units) if u % n == i and u not in done and (wanted is None or u in wanted)]
+            todo = [u for u in wanted if u % n == i and u not in done]
             if todo:
                 self._compute(todo, base_fn, images, spec, progress)
-        return self._finish_if_done()
+        done = self.done_units()
+        return all(u in done for u in wanted)
 
     def _compute(self, todo: list[int], base_fn, images, spec, progress) -> None:
         arr = self.array("r+")
@@ -196,53 +204,25 @@ class FeatureStore:
         except OSError as e:
             raise UserError(f"{self.path}: writing features failed ({e.strerror}); rerun to resume.") from e
 
-    def _finish_if_done(self) -> bool:
-        with lock(self.path / ".lock-create"):
-            if self.complete:
-                return True
-            if len(self.done_units()) < self.n_units:
-                return False
-            sums = np.zeros((self.n_images, self.n_views), np.uint32)
-            for u in range(self.n_units):
-                crcs = json.loads(self._marker(u).read_text())["crc"]
-                for (img, view), c in zip(self.unit_pairs(u), crcs, strict=True):
-                    sums[img, view] = c
-            save_npy(self.path / "checksums.npy", sums)
-            arr = self.array("r+")
-            meta = dict(arr.attrs.get("fastheads", {}))
-            meta["complete"] = True
-            arr.attrs["fastheads"] = meta
-            summary = {"key": self.key, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-            write_whole(self.path / "COMPLETE", (json.dumps(summary) + "\n").encode())  # last
-            self._array = None
-            return True
-
     # ------------------------------------------------------------------ reading
-    def checksums(self) -> np.ndarray:
-        if self._checksums is None:
-            self._checksums = load_npy(self.path / "checksums.npy")
-        return self._checksums
-
     def crcs_of_view(self, view: int) -> np.ndarray:
-        """The CRC32 of each image's row in this view: from checksums.npy, or the unit markers of a partial entry."""
+        """The CRC32 of each image's row in this view, from the markers of the units that hold it."""
         if view in self._view_crcs:
             return self._view_crcs[view]
-        if self.complete:
-            crcs = self.checksums()[:, view]
-        else:
-            crcs = np.zeros(self.n_images, np.uint32)
-            for u in self.units_of_view(view):
-                try:
-                    unit_crcs = json.loads(self._marker(u).read_text())["crc"]
-                except FileNotFoundError:
-                    raise RuntimeError(
-                        f"feature store entry {self.key}: view {view} read before it was built"
-                    ) from None
-                except (OSError, ValueError, KeyError):
-                    raise DamagedEntry({u}) from None
-                for (img, v), c in zip(self.unit_pairs(u), unit_crcs, strict=True):
-                    if v == view:
-                        crcs[img] = c
+        crcs = np.zeros(self.n_images, np.uint32)
+        for u in self.units_of_view(view):
+            try:
+                unit_crcs = json.loads(self._marker(u).read_text())["crc"]
+            except FileNotFoundError:
+                raise RuntimeError(f"feature store entry {self.key}: view {view} read before it was built") from None
+            except (OSError, ValueError, KeyError):
+                raise DamagedEntry({u}) from None
+            pairs = self.unit_pairs(u)
+            if len(unit_crcs) != len(pairs):
+                raise DamagedEntry({u})
+            for (img, v), c in zip(pairs, unit_crcs, strict=True):
+                if v == view:
+                    crcs[img] = c
         self._view_crcs[view] = crcs
         return crcs
 
@@ -275,23 +255,22 @@ class FeatureStore:
     def unit_of(self, image: int, view: int) -> int:
         return (view * self.n_images + image) // UNIT
 
+    def crc_table(self, views: int) -> np.ndarray:
+        """(N, 1 + views) CRC32 of the rows of views 0..views (for comparing two entries)."""
+        return np.stack([self.crcs_of_view(v) for v in range(views + 1)], axis=1)
+
     def invalidate(self, units: set[int]) -> None:
-        """Forget damaged units (and completeness) so the next build recomputes exactly those."""
+        """Forget damaged units so the next build recomputes exactly those."""
         with lock(self.path / ".lock-create"):
-            for p in (self.path / "COMPLETE", self.path / "checksums.npy"):
-                p.unlink(missing_ok=True)
             for u in units:
                 self._marker(u).unlink(missing_ok=True)
-            self._checksums = None
             self._view_crcs.clear()
             self._array = None
 
     def verify(self) -> list[tuple[int, int]]:
         """Re-read every row of every built view; return the (image, view) pairs whose bytes do not match."""
         bad = []
-        for view in range(self.n_views):
-            if not self.view_ready(view):
-                continue  # a lazily built entry: views no run has needed yet
+        for view in self.built_views():
             for i in range(self.n_images):
                 try:
                     self.read(np.array([i]), view)

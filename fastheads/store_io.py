@@ -1,7 +1,7 @@
 """Where the feature store lives: a local folder, or any URL fsspec knows (memory://, gs://, s3://).
 
 The store needs very little from its storage: read and write small whole files (unit
-markers, checksums.npy, COMPLETE, derived .npy), list a folder, delete, and a URL zarr
+markers, derived .npy), list a folder, delete, and a URL zarr
 can open. `location(root)` returns a `pathlib.Path` for a local folder (a `file://` URL
 included) and a `RemotePath` for anything else; both answer the same handful of
 pathlib-style calls, so feature_store.py and cache.py do not care which they hold.
@@ -17,12 +17,14 @@ correctness holds without one:
   unit write identical chunk and marker bytes; whoever writes last writes what was there;
 - an object store writes each object whole (a PUT is atomic: readers see the old object
   or the new one, never half of one), which is what `os.replace` gives locally;
-- a unit's marker is written only after all its chunks were written, checksums.npy only
-  after every marker exists, and COMPLETE only after checksums.npy: a reader that sees
-  COMPLETE sees everything before it (gs:// and s3:// give read-after-write consistency);
-- readers only read complete entries and check every row against its CRC, so a chunk
-  lost or damaged by anything (a racing `invalidate`, a bucket lifecycle rule) is
-  rebuilt, never used.
+- a unit's marker is written only after all its chunks were written: a reader that sees
+  the markers of every unit holding a view sees the view's chunks (gs:// and s3:// give
+  read-after-write consistency);
+- the array's metadata is written once and never changes, so builders that create it
+  at the same time write the same bytes;
+- readers only read views whose units are all marked and check every row against its
+  CRC, so a chunk lost or damaged by anything (a racing `invalidate`, a bucket lifecycle
+  rule) is rebuilt, never used.
 
 What a lock still buys locally, and remote stores lack: two builders of the same shard
 do not compute the same units twice. Remotely they may (wasted time, identical bytes);

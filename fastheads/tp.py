@@ -72,25 +72,27 @@ def config_for(exp: Experiment, opt: TpOptions) -> TrainConfig:
 def plan_lines(plan: list[tuple[Experiment, TrainConfig]], opt: TpOptions) -> tuple[list[str], float]:
     """The plan as text (runs, entries built/reused, time estimate) and the estimate in seconds."""
     from fastheads.backbone import prepare
-    from fastheads.cache import open_entry
+    from fastheads.cache import open_entry, run_views
     from fastheads.data import load_images
 
     ds = load_images(opt.data, opt.classes)
     bb = prepare(opt.weights, "vgg16", opt.image_size, opt.precision, "auto")
     rate = _images_per_second(bb.base_fn, opt.image_size)
-    entries: dict[str, tuple[str, int, bool]] = {}
+    entries: dict[str, tuple] = {}  # key -> (entry, the most views any experiment on it may read)
     lines = []
     n_runs = 0
     for exp, cfg in plan:
         entry = open_entry(cfg, ds, bb.vgg, bb.precision, bb.xla)
-        entries.setdefault(entry.key, (exp.qid, entry.n_images * entry.n_views, entry.complete))
+        k = max(run_views(cfg), entries.get(entry.key, (entry, 0))[1])
+        entries[entry.key] = (entry, k)
         n_runs += cfg.repeats
         lines.append(f"  {exp.qid:<18} {cfg.repeats} run(s) x {cfg.epochs} epochs, store {entry.key[:8]}  {exp.title}")
-    to_build = sum(n for _, n, done in entries.values() if not done)
+    missing = {key: sum(not e.view_ready(v) for v in range(k + 1)) * e.n_images for key, (e, k) in entries.items()}
+    to_build = sum(missing.values())
     estimate = to_build / rate + n_runs * 6.0
     head = [
         f"fastheads tp: {len(plan)} experiments, {n_runs} training runs, {len(entries)} feature-store entries "
-        f"({sum(not d for *_, d in entries.values())} to build: up to {to_build} images through VGG16 at "
+        f"({sum(n > 0 for n in missing.values())} to build or extend: up to {to_build} images through VGG16 at "
         f"~{rate:.0f}/s; views no epoch reaches are never built), estimated at most {estimate / 60:.0f} min",
     ]
     return head + lines, estimate

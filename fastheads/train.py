@@ -1,8 +1,9 @@
 """Training: the course's SGD/EarlyStopping/ModelCheckpoint loop over a feature source.
 
 The head sees only features, so the same loop serves the uncached path (features computed
-on the fly, every epoch) and the feature store. Each epoch is `head.fit(epochs=1)` on that
-epoch's features in a batch order drawn from (seed, epoch); EarlyStopping and the best
+on the fly, every epoch) and the feature store. Each epoch trains as `head.fit(epochs=1)`
+would (Keras' own train and test steps, see loop.EpochSteps) on that epoch's features in
+a batch order drawn from (seed, epoch); EarlyStopping and the best
 checkpoint follow Keras' rules (strict improvement, `patience` epochs without one).
 """
 

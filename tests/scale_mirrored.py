@@ -34,12 +34,12 @@ def main(data: str, tmp: str) -> None:
     for name in ("default", "mirrored"):
         cfg = make_config(**common, strategy=name, cache_dir=f"{tmp}/cache_{name}")
         entries[name] = build_cache(cfg)
-    a = zarr.open_array(str(entries["default"].path / "features"), mode="r")[...]
-    b = zarr.open_array(str(entries["mirrored"].path / "features"), mode="r")[...]
+    a = zarr.open_array(str(entries["default"].path / "features"), mode="r")[:, :3]  # views 0..2
+    b = zarr.open_array(str(entries["mirrored"].path / "features"), mode="r")[:, :3]
     result["same_key"] = entries["default"].key == entries["mirrored"].key
     result["cache_max_abs_diff"] = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
     result["cache_bit_identical"] = bool(np.array_equal(a, b))
-    result["checksums_equal"] = bool(np.array_equal(entries["default"].checksums(), entries["mirrored"].checksums()))
+    result["checksums_equal"] = bool(np.array_equal(entries["default"].crc_table(2), entries["mirrored"].crc_table(2)))
     for cached in (True, False):
         hist = {}
         for name in ("default", "mirrored"):

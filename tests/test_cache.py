@@ -24,7 +24,7 @@ from fastheads.train import train
 
 BASE_KEY = KeyInputs(
     weights="sha256:ab", pixels="cd", n_images=210, image_size=224, resize="bilinear-antialias",
-    preprocessing="caffe", cut="block5_pool", augment='{"rotation_range": 10}', views=13, augment_seed=0,
+    preprocessing="caffe", cut="block5_pool", augment='{"rotation_range": 10}', augment_seed=0,
     precision="bf16", xla=False, dtype="float16", tensorflow="2.21",
 )  # fmt: skip
 
@@ -103,8 +103,9 @@ def _entry(cache_dir: Path) -> Path:
     return entry
 
 
-def _contents(entry: Path) -> tuple[np.ndarray, np.ndarray]:
-    return zarr.open_array(str(entry / "features"), mode="r")[...], np.load(entry / "checksums.npy")
+def _contents(entry: Path, views: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Features and row CRCs of views 0..views."""
+    return zarr.open_array(str(entry / "features"), mode="r")[:, : views + 1], stored_entry(entry).crc_table(views)
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +128,9 @@ def test_killed_build_resumes_to_identical_bytes(tmp_path, tiny_h5, clean_build)
     proc.wait()
     entry = _entry(cache_dir)
     n_done = len(list((entry / "units").glob("u*.json")))
-    assert not (entry / "COMPLETE").exists() and 3 <= n_done < 16, n_done  # really part-way
+    assert not stored_entry(entry).ready(20) and 3 <= n_done < 16, n_done  # really part-way
     subprocess.run(_build_cmd(tiny_h5, cache_dir), check=True, capture_output=True)
-    assert (entry / "COMPLETE").exists()
+    assert stored_entry(entry).ready(20)
     a, sa = _contents(entry)
     b, sb = _contents(clean_build)
     np.testing.assert_array_equal(a, b)
@@ -145,17 +146,36 @@ def test_a_cached_run_builds_only_the_views_it_uses_and_the_rest_completes_to_id
     entry = _entry(cache_dir)
     assert entry.name == clean_build.name  # the same key as the one-shot build
     store = stored_entry(entry)
-    ready = [v for v in range(store.n_views) if store.view_ready(v)]
-    assert not store.complete and ready[:4] == [0, 1, 2, 3] and len(ready) < 8, ready  # views 0 (clean) and 1..3
+    ready = [v for v in range(21) if store.view_ready(v)]
+    assert not store.ready(20) and ready[:4] == [0, 1, 2, 3] and len(ready) < 8, ready  # views 0 (clean) and 1..3
     clean_rows = zarr.open_array(str(clean_build / "features"), mode="r")
     for v in range(4):
         np.testing.assert_array_equal(store.read(np.arange(store.n_images), v), clean_rows[:, v].astype(np.float32))
-    assert verify_entry(entry).startswith("ok (partial")
+    assert verify_entry(entry) == f"ok ({len(ready)} views)"
     subprocess.run(_build_cmd(tiny_h5, cache_dir), check=True, capture_output=True)  # `cache build` finishes it
     a, sa = _contents(entry)
     b, sb = _contents(clean_build)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(sa, sb)
+
+
+def test_runs_with_different_views_share_one_entry_and_numbers(tmp_path, tiny_h5, monkeypatch):
+    """K is the run's, not the entry's: a 4-view run reuses the views a 2-view run built and computes only the rest."""
+    from fastheads import feature_store
+
+    common = dict(data=str(tiny_h5), weights="none", image_size=32, batch_size=8, patience=10, verbose=False,
+                  cache=True, precision="fp32", xla="off")  # fmt: skip
+    train(**common, epochs=2, cache_dir=str(tmp_path / "c"), out=str(tmp_path / "short"))
+    computed: list[int] = []
+    compute = feature_store.FeatureStore._compute
+    monkeypatch.setattr(feature_store.FeatureStore, "_compute",
+                        lambda self, todo, *a: (computed.extend(todo), compute(self, todo, *a))[1])  # fmt: skip
+    longer = train(**common, epochs=4, cache_dir=str(tmp_path / "c"), out=str(tmp_path / "long"))
+    (entry,) = list_entries(tmp_path / "c")
+    store = stored_entry(entry)
+    assert computed and min(computed) >= min(store.units_of_view(4))  # views 0..3 were there (3 units of 32 = 4 x 24)
+    fresh = train(**common, epochs=4, cache_dir=str(tmp_path / "fresh"), out=str(tmp_path / "fresh_run"))
+    assert longer.history == fresh.history
 
 
 def test_two_builders_at_once_give_one_good_entry(tmp_path, tiny_h5, clean_build):
@@ -165,7 +185,7 @@ def test_two_builders_at_once_give_one_good_entry(tmp_path, tiny_h5, clean_build
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()[-2000:]
     entry = _entry(cache_dir)
-    assert verify_entry(entry) == "ok"
+    assert verify_entry(entry) == "ok (21 views)"
     np.testing.assert_array_equal(_contents(entry)[0], _contents(clean_build)[0])
 
 
@@ -182,10 +202,10 @@ def test_damaged_chunks_are_detected_and_rebuilt(tmp_path, tiny_h5):
     victim.write_bytes(bytes(raw))  # bytes flipped
     chunks[0].unlink()  # a file deleted (view 0 of image 0: every run reads it)
     assert verify_entry(entry).startswith("DAMAGED")
-    assert not (entry / "COMPLETE").exists()
+    assert not stored_entry(entry).ready(2)
     again = train(**common, out=str(tmp_path / "b"))
     assert again.history == first.history
-    assert verify_entry(entry) == "ok"
+    assert verify_entry(entry).startswith("ok (")
 
 
 def test_cache_cli_ls_verify_rm(tmp_path, tiny_h5):
@@ -195,11 +215,11 @@ def test_cache_cli_ls_verify_rm(tmp_path, tiny_h5):
 
     cache_dir = tmp_path / "c"
     r = CliRunner().invoke(app, ["cache", "build", "--data", str(tiny_h5), "--cache-dir", str(cache_dir),
-                                 "--weights", "none", "--image-size", "32", "--views", "2", "--quiet"])  # fmt: skip
+                                 "--weights", "none", "--image-size", "32", "--views", "3", "--quiet"])  # fmt: skip
     assert r.exit_code == 0, r.output
     key = _entry(cache_dir).name
     r = CliRunner().invoke(app, ["cache", "ls", "--cache-dir", str(cache_dir)])
-    assert key in r.output and "complete" in r.output and "24 images x 2 views" in r.output
+    assert key in r.output and "ready" in r.output and "24 images, clean + 3 views" in r.output  # 4 x 24 = 3 units
     assert "weights none:he-uniform:seed=0," in r.output  # shown whole, not cut at 19 characters
     r = CliRunner().invoke(app, ["cache", "verify", "--cache-dir", str(cache_dir)])
     assert r.exit_code == 0 and f"{key}  ok" in r.output

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
-from fastheads.cache import verify_entry
+from fastheads.cache import stored_entry, verify_entry
 from fastheads.errors import UserError
 from fastheads.feature_store import list_entries
 from fastheads.store_io import RemotePath, location
@@ -83,10 +83,9 @@ def _build_cmd(data: Path, cache_dir: Path | str, *extra: str) -> list[str]:
             *SHARD_BUILD, *extra]  # fmt: skip
 
 
-def _contents(entry) -> tuple[np.ndarray, np.ndarray]:
-    from fastheads.store_io import load_npy
-
-    return zarr.open_array(str(entry / "features"), mode="r")[...], load_npy(entry / "checksums.npy")
+def _contents(entry, views: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features and row CRCs of views 0..views."""
+    return zarr.open_array(str(entry / "features"), mode="r")[:, : views + 1], stored_entry(entry).crc_table(views)
 
 
 def test_two_shard_processes_build_the_same_bytes_as_one(tmp_path, tiny_h5):
@@ -98,10 +97,10 @@ def test_two_shard_processes_build_the_same_bytes_as_one(tmp_path, tiny_h5):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()[-2000:]
     (a,), (b,) = list_entries(sharded), list_entries(single)
-    assert a.name == b.name and (a / "COMPLETE").is_file()
+    assert a.name == b.name and stored_entry(a).ready(4)
     markers = sorted(p.name for p in (a / "units").glob("u*.json"))
     assert markers == sorted(p.name for p in (b / "units").glob("u*.json")) and len(markers) == 4  # 24 x 5 / 32
-    (fa, sa), (fb, sb) = _contents(a), _contents(b)
+    (fa, sa), (fb, sb) = _contents(a, 4), _contents(b, 4)
     np.testing.assert_array_equal(fa, fb)
     np.testing.assert_array_equal(sa, sb)
     chunks = sorted(p.relative_to(a) for p in (a / "features").rglob("*") if p.is_file())
@@ -124,7 +123,7 @@ def test_memory_url_store_builds_hits_matches_local_and_repairs(tmp_path, tiny_h
     first = train(data=str(tiny_h5), **COMMON, cache_dir=url, out=str(tmp_path / "a"))
     (entry,) = list_entries(url)
     assert isinstance(entry, RemotePath) and str(entry).startswith("memory://")
-    assert (entry / "COMPLETE").is_file() and not list(tmp_path.glob("memory*"))  # nothing local
+    assert stored_entry(entry).ready(2) and not list(tmp_path.glob("memory*"))  # nothing local
 
     # a hit: nothing is computed on the second use
     def no_compute(*a, **k):
@@ -139,7 +138,7 @@ def test_memory_url_store_builds_hits_matches_local_and_repairs(tmp_path, tiny_h
     local = train(data=str(tiny_h5), **COMMON, cache_dir=str(tmp_path / "local"), out=str(tmp_path / "c"))
     (lentry,) = list_entries(tmp_path / "local")
     assert lentry.name == entry.name and local.history == first.history
-    (fr, sr), (fl, sl) = _contents(entry), _contents(lentry)
+    (fr, sr), (fl, sl) = _contents(entry, 2), _contents(lentry, 2)
     np.testing.assert_array_equal(fr, fl)
     np.testing.assert_array_equal(sr, sl)
 
@@ -151,10 +150,10 @@ def test_memory_url_store_builds_hits_matches_local_and_repairs(tmp_path, tiny_h
     fs.pipe_file(chunks[5], bytes(raw))
     fs.rm_file(chunks[0])
     assert verify_entry(entry).startswith("DAMAGED")
-    assert not (entry / "COMPLETE").is_file()
+    assert not stored_entry(entry).ready(2)
     repaired = train(data=str(tiny_h5), **COMMON, cache_dir=url, out=str(tmp_path / "d"))
     assert repaired.history == first.history
-    assert verify_entry(entry) == "ok"
+    assert verify_entry(entry).startswith("ok (")
 
 
 def test_cache_cli_on_a_memory_url(tiny_h5):
@@ -169,7 +168,7 @@ def test_cache_cli_on_a_memory_url(tiny_h5):
     assert r.exit_code == 0, r.output
     (entry,) = list_entries(url)
     r = CliRunner().invoke(app, ["cache", "ls", "--cache-dir", url])
-    assert entry.name in r.output and "complete" in r.output
+    assert entry.name in r.output and "ready" in r.output
     r = CliRunner().invoke(app, ["cache", "verify", "--cache-dir", url])
     assert r.exit_code == 0 and f"{entry.name}  ok" in r.output, r.output
     r = CliRunner().invoke(app, ["cache", "rm", entry.name, "--cache-dir", url])
