@@ -9,6 +9,7 @@ alone: the work no version of the experiment can skip.
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import re
 import shutil
@@ -84,8 +85,6 @@ def machine_name() -> str:
         flags = "-avx512bf16" if "avx512_bf16" in info else ""
     except (OSError, AttributeError):
         pass
-    import os
-
     slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")[:24]
     return f"cpu-{slug}-{os.cpu_count()}c{flags}"
 
@@ -160,6 +159,7 @@ def _run_phases(plan: BenchPlan, work: Path, out: Path, say) -> dict:
 
     def phase(name: str, precision: str, fn, **extra) -> dict:
         say(f"bench: {name} at {precision} ...")
+        os.sync()  # the previous phase's model files are on disk, not still being flushed while this one writes
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             value = fn()

@@ -53,7 +53,7 @@ def frozen_dense_fn(top_weights: dict, arch: str, train_layers: int) -> Callable
         return None
     import tensorflow as tf
 
-    params = [tuple(tf.constant(w) for w in top_weights[n]) for n in names]
+    params: list = []  # the fc weights as constants, made on first use: a store whose derived views exist never needs them
 
     @tf.function(reduce_retracing=True)
     def dense(x):
@@ -63,6 +63,8 @@ def frozen_dense_fn(top_weights: dict, arch: str, train_layers: int) -> Callable
         return x
 
     def run(feats: np.ndarray, batch: int = 256) -> np.ndarray:
+        if not params:
+            params.extend(tuple(tf.constant(w) for w in top_weights[n]) for n in names)
         return np.concatenate([dense(feats[i : i + batch]).numpy() for i in range(0, len(feats), batch)])
 
     return run

@@ -225,8 +225,11 @@ class EpochSteps:
         self.head = head
         self.multi = head.distribute_strategy.num_replicas_in_sync > 1
         jit = bool(getattr(head, "jit_compile", False))
-        self._train = tf.function(lambda x, y: head.train_step((x, y)), reduce_retracing=True, jit_compile=jit)
-        self._test = tf.function(lambda x, y: head.test_step((x, y)), reduce_retracing=True, jit_compile=jit)
+        # Any batch size, one trace each: the last, smaller batch of an epoch does not trace again.
+        spec = [tf.TensorSpec([None, *head.input_shape[1:]], tf.float32),
+                tf.TensorSpec([None, *head.output_shape[1:]], tf.float32)]  # fmt: skip
+        self._train = tf.function(lambda x, y: head.train_step((x, y)), input_signature=spec, jit_compile=jit)
+        self._test = tf.function(lambda x, y: head.test_step((x, y)), input_signature=spec, jit_compile=jit)
 
     def _pass(self, step, x: np.ndarray, y: np.ndarray, batch: int) -> dict[str, float]:
         self.head.reset_metrics()
