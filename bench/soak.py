@@ -114,7 +114,7 @@ def where(kind: str, killed: bool, p: Progress) -> tuple[str, str]:
     if p.epochs:
         return "mid", f"{p.epochs}/{EPOCHS} epochs checkpointed"
     if kind == "train-cached" and p.complete:
-        return "mid", "feature store complete, first epoch running"
+        return "mid", "feature store views built, an epoch running"
     if kind == "train-cached" and p.units:
         return "mid", f"building the feature store, {p.units}/{p.n_units} units"
     return "before", "startup or first epoch"

@@ -19,7 +19,7 @@ import numpy as np
 
 from fastheads.augment import AugmentSpec
 from fastheads.backbone import cut_layer
-from fastheads.cache_key import FORMAT_VERSION, KeyInputs, pixels_hash, weights_identity
+from fastheads.cache_key import FORMAT_VERSION, MAX_VIEWS, KeyInputs, pixels_hash, weights_identity
 from fastheads.config import TrainConfig
 from fastheads.data import ImageSet
 from fastheads.errors import UserError
@@ -168,8 +168,10 @@ def store_for_training(
             "the others are computed when an epoch first needs them")  # fmt: skip
 
     def ensure(view: int) -> None:
-        if not entry.view_ready(view) and not build_entry(entry, bb.base_fn, images(), cfg, [view], say):
-            raise UserError(f"{entry.path}: view {view} could not be built")
+        for _ in range(3):  # a concurrent repair may forget a unit this build just wrote: build again
+            if entry.view_ready(view) or build_entry(entry, bb.base_fn, images(), cfg, [view], say):
+                return
+        raise UserError(f"{entry.path}: view {view} could not be built")
 
     from fastheads.heads import frozen_dense_fn, head_cut
 
@@ -184,6 +186,8 @@ def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureSto
     from fastheads.preprocess import resize_images
 
     cfg.validate()
+    if run_views(cfg) > MAX_VIEWS:
+        raise UserError(f"--views (default: --epochs) must be at most {MAX_VIEWS}, got {run_views(cfg)}.")
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         raise UserError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}.")
@@ -226,7 +230,7 @@ def describe_entry(path: Path | RemotePath) -> dict:
         status, views = "unreadable or older format: remove it with `fastheads cache rm`", "?"
     else:
         built = entry.built_views()
-        views = f"clean + {len(built) - 1}" if built else "none"
+        views = f"clean + {len(built) - 1}" if built and built[0] == 0 else f"{len(built)} (no clean)"
         whole = {u for v in built for u in entry.units_of_view(v)}
         status = "ready" if entry.done_units() <= whole else "partial"  # units of a view not finished yet
     return {

@@ -102,7 +102,11 @@ Strategy = Annotated[
     ),
 ]
 Views = Annotated[
-    int | None, typer.Option("--views", help="Augmented views per image in the feature store (default: --epochs).")
+    int | None,
+    typer.Option(
+        "--views",
+        help="Augmented views per image the run trains on, epoch e on view 1 + (e mod K) (default: --epochs).",
+    ),
 ]
 CacheDir = Annotated[
     str,

@@ -34,9 +34,9 @@ def tp(
         int | None,
         typer.Option(
             "--ablation-views",
-            help="Augmented views per image in each question-7 ablation store (default: one per epoch, as the "
-            "notebook sees). Fewer views make the ten ablation stores much cheaper; each epoch then reuses "
-            "view (epoch mod N), a deviation from the notebook that the report states.",
+            help="Augmented views per image the question-7 ablation runs train on (default: one per epoch, as "
+            "the notebook sees). Fewer views make the ten ablation stores much cheaper; epoch e then reuses "
+            "view 1 + (e mod N), a deviation from the notebook that the report states.",
         ),
     ] = None,
     quick: Annotated[

@@ -43,7 +43,9 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored | multiworker | tpu (see distribute.py)
     # --- feature store
     cache: bool = False
-    views: int | None = None  # augmented views per image in the store (default: epochs)
+    views: int | None = (
+        None  # K: augmented views per image this run trains on, epoch e on view 1 + e mod K (default: epochs)
+    )
     cache_dir: str = "cache"
     cache_dtype: str = "float16"
     # --- output
@@ -74,7 +76,7 @@ class TrainConfig:
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum:g}."),
             (self.decay >= 0, f"--decay must be 0 or more, got {self.decay:g}."),
             (self.views is None or self.views >= 1, f"--views must be at least 1, got {self.views}."),
-            (not self.cache or self.n_views <= MAX_VIEWS,
+            (not self.cache or self.augment.is_identity or self.n_views <= MAX_VIEWS,
              f"--views (default: --epochs) must be at most {MAX_VIEWS} with --cache, got {self.n_views}."),
             (self.cache_dtype in ("float16", "float32"),
              f"--cache-dtype must be float16 or float32, got {self.cache_dtype!r}."),

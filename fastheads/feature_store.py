@@ -63,7 +63,8 @@ class FeatureStore:
 
     def __init__(self, path: Path | RemotePath, inputs: KeyInputs, feature_shape: tuple[int, ...]) -> None:
         self.path, self.inputs, self.feature_shape = path, inputs, tuple(feature_shape)
-        self.n_images, self.n_views = inputs.n_images, 1 + MAX_VIEWS  # capacity: view 0 (clean) + augmented ones
+        # Capacity: view 0 (clean) + augmented ones. MAX_VIEWS is the array's shape: changing it needs a format bump.
+        self.n_images, self.n_views = inputs.n_images, 1 + MAX_VIEWS
         self.total = self.n_images * self.n_views
         self._array = None
         self._view_crcs: dict[int, np.ndarray] = {}
@@ -213,9 +214,7 @@ class FeatureStore:
         for u in self.units_of_view(view):
             try:
                 unit_crcs = json.loads(self._marker(u).read_text())["crc"]
-            except FileNotFoundError:
-                raise RuntimeError(f"feature store entry {self.key}: view {view} read before it was built") from None
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError):  # a marker gone (a concurrent repair) or unreadable: rebuild it
                 raise DamagedEntry({u}) from None
             pairs = self.unit_pairs(u)
             if len(unit_crcs) != len(pairs):

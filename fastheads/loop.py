@@ -216,15 +216,16 @@ class EpochSteps:
     epochs of a 40,970-parameter head. These steps are the ones `fit` runs (same loss,
     optimizer, metrics, batches in the given order, metrics reset before training and
     before validation), so the history is the same. Under a multi-replica strategy the
-    epoch goes through `fit`, which splits batches and all-reduces gradients.
+    epoch goes through `fit`, which splits batches and all-reduces gradients; so does an
+    XLA-compiled head (GPUs), whose step this project could not check against `fit`.
     """
 
     def __init__(self, head) -> None:
         import tensorflow as tf
 
         self.head = head
-        self.multi = head.distribute_strategy.num_replicas_in_sync > 1
-        jit = bool(getattr(head, "jit_compile", False))
+        jit = bool(getattr(head, "jit_compile", False))  # XLA (Keras turns it on for GPUs): left to fit, untested here
+        self.multi = head.distribute_strategy.num_replicas_in_sync > 1 or jit
         # Any batch size, one trace each: the last, smaller batch of an epoch does not trace again.
         spec = [tf.TensorSpec([None, *head.input_shape[1:]], tf.float32),
                 tf.TensorSpec([None, *head.output_shape[1:]], tf.float32)]  # fmt: skip

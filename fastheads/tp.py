@@ -29,7 +29,7 @@ class TpOptions:
     out: str = "tp"
     repeats: int = 5  # question 1's (and 8's) runs
     ablation_repeats: int = 3  # runs per configuration of the question-7 ablation
-    ablation_views: int | None = None  # views per ablation store; None: one per epoch (the notebook's count)
+    ablation_views: int | None = None  # views the ablation runs train on; None: one per epoch (the notebook's count)
     quick: bool = False
     only: tuple[str, ...] = ()
     image_size: int = 224

@@ -174,9 +174,9 @@ def _views_note(cfg: TrainConfig) -> list[str]:
     if cfg.n_views >= cfg.epochs:
         return []
     k = cfg.n_views
-    return [f"**Deviation from the notebook (--ablation-views {k}):** each configuration's feature store holds {k} "
+    return [f"**Deviation from the notebook (--ablation-views {k}):** each configuration trains on {k} "
             f"augmented view(s) per image, so over {cfg.epochs} epochs a training image sees {k} distinct "
-            f"augmentation(s) instead of {cfg.epochs} (epoch e uses view e mod {k}). The reference row (Q1) has "
+            f"augmentation(s) instead of {cfg.epochs} (epoch e uses view 1 + (e mod {k})). The reference row (Q1) has "
             f"one view per epoch, so its Δ column mixes the transformation's effect with that of fewer views.",
             ""]  # fmt: skip
 

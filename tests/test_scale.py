@@ -127,7 +127,7 @@ def test_memory_url_store_builds_hits_matches_local_and_repairs(tmp_path, tiny_h
 
     # a hit: nothing is computed on the second use
     def no_compute(*a, **k):
-        raise AssertionError("a complete remote entry was rebuilt")
+        raise AssertionError("a built remote entry was computed again")
 
     monkeypatch.setattr(feature_store.FeatureStore, "_compute", no_compute)
     again = train(data=str(tiny_h5), **COMMON, cache_dir=url, out=str(tmp_path / "b"))
