@@ -19,7 +19,7 @@ import numpy as np
 
 from fastheads.augment import AugmentSpec
 from fastheads.backbone import cut_layer
-from fastheads.cache_key import FORMAT_VERSION, MAX_VIEWS, KeyInputs, pixels_hash, weights_identity
+from fastheads.cache_key import FORMAT_VERSION, KeyInputs, pixels_hash, weights_identity
 from fastheads.config import TrainConfig
 from fastheads.data import ImageSet
 from fastheads.errors import UserError
@@ -185,9 +185,8 @@ def build_cache(cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> FeatureSto
     from fastheads.data import load_images
     from fastheads.preprocess import resize_images
 
+    cfg = cfg.replace(cache=True)  # what is validated is a store's configuration (--views' limit included)
     cfg.validate()
-    if run_views(cfg) > MAX_VIEWS:
-        raise UserError(f"--views (default: --epochs) must be at most {MAX_VIEWS}, got {run_views(cfg)}.")
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         raise UserError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}.")

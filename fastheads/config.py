@@ -77,7 +77,7 @@ class TrainConfig:
             (self.decay >= 0, f"--decay must be 0 or more, got {self.decay:g}."),
             (self.views is None or self.views >= 1, f"--views must be at least 1, got {self.views}."),
             (not self.cache or self.augment.is_identity or self.n_views <= MAX_VIEWS,
-             f"--views (default: --epochs) must be at most {MAX_VIEWS} with --cache, got {self.n_views}."),
+             f"--views (default: --epochs) must be at most {MAX_VIEWS} with the feature store, got {self.n_views}."),
             (self.cache_dtype in ("float16", "float32"),
              f"--cache-dtype must be float16 or float32, got {self.cache_dtype!r}."),
             (self.export in ("every", "best"), f"--export must be every or best, got {self.export!r}."),

@@ -89,8 +89,7 @@ class FeatureStore:
 
     def ready(self, views: int) -> bool:
         """The clean view and augmented views 1..views can all be read."""
-        done = self.done_units()
-        return all(self.view_ready(v, done) for v in range(views + 1))
+        return self.views_ready() > views
 
     def views_ready(self) -> int:
         """How many views, from view 0 on, can be read (for `cache ls`)."""

@@ -225,7 +225,7 @@ class EpochSteps:
 
         self.head = head
         jit = bool(getattr(head, "jit_compile", False))  # XLA (Keras turns it on for GPUs): left to fit, untested here
-        self.multi = head.distribute_strategy.num_replicas_in_sync > 1 or jit
+        self.via_fit = head.distribute_strategy.num_replicas_in_sync > 1 or jit
         # Any batch size, one trace each: the last, smaller batch of an epoch does not trace again.
         spec = [tf.TensorSpec([None, *head.input_shape[1:]], tf.float32),
                 tf.TensorSpec([None, *head.output_shape[1:]], tf.float32)]  # fmt: skip
@@ -239,7 +239,7 @@ class EpochSteps:
         return {k: float(v) for k, v in self.head.get_metrics_result().items()}  # what fit reports at epoch end
 
     def run(self, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], batch: int) -> dict:
-        if self.multi:
+        if self.via_fit:
             h = self.head.fit(*train, batch_size=batch, epochs=1, shuffle=False, verbose=0, validation_data=val)
             return {k: float(v[-1]) for k, v in h.history.items()}
         logs = self._pass(self._train, *(np.asarray(a, np.float32) for a in train), batch)

@@ -87,7 +87,10 @@ def plan_lines(plan: list[tuple[Experiment, TrainConfig]], opt: TpOptions) -> tu
         entries[entry.key] = (entry, k)
         n_runs += cfg.repeats
         lines.append(f"  {exp.qid:<18} {cfg.repeats} run(s) x {cfg.epochs} epochs, store {entry.key[:8]}  {exp.title}")
-    missing = {key: sum(not e.view_ready(v) for v in range(k + 1)) * e.n_images for key, (e, k) in entries.items()}
+    missing = {}
+    for key, (e, k) in entries.items():
+        done = e.done_units()  # one listing per entry
+        missing[key] = sum(not e.view_ready(v, done) for v in range(k + 1)) * e.n_images
     to_build = sum(missing.values())
     estimate = to_build / rate + n_runs * 6.0
     head = [

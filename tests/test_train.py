@@ -52,6 +52,7 @@ def test_cli_train_end_to_end(tmp_path, tiny_h5, tiny_classes, keras2_weights):
         (["--augment", "rotation_range=400"], "rotation_range"),
         (["--weights", "/nonexistent/w.h5"], "file not found"),
         (["--train-layers", "5"], "--train-layers must be 1, 2 or 3"),
+        (["--cache", "--views", "1025"], "--views (default: --epochs) must be at most 1024"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, tiny_h5, args, match):
@@ -181,3 +182,10 @@ def test_an_epoch_of_compiled_steps_is_an_epoch_of_fit():
     for wa, wb in zip(a.get_weights() + [v.numpy() for v in a.optimizer.variables],
                       b.get_weights() + [v.numpy() for v in b.optimizer.variables], strict=True):  # fmt: skip
         np.testing.assert_array_equal(wa, wb)
+
+
+def test_cache_build_refuses_more_views_than_an_entry_holds(tmp_path, tiny_h5):
+    res = CliRunner().invoke(app, ["cache", "build", "--data", str(tiny_h5), "--weights", "none", "--epochs", "1025",
+                                   "--cache-dir", str(tmp_path / "c")])  # fmt: skip
+    assert res.exit_code == 2 and "must be at most 1024" in res.output, res.output
+    assert not (tmp_path / "c").exists()  # refused before anything was loaded or created
