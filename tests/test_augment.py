@@ -137,3 +137,25 @@ def test_parse_never_crashes(text):
     except UserError:
         return
     assert 0 <= spec.rotation_range <= 180 and 0 < spec.zoom_range[0] <= spec.zoom_range[1]
+
+
+def test_image_dataset_keeps_pair_order_without_autotuning():
+    """The pipeline's batches are the pairs in order, each view as augment_image draws it; autotuning stays off
+    (with it on, deleting an exhausted iterator stalled for seconds; see pipeline.image_dataset)."""
+    from fastheads.pipeline import image_dataset
+    from fastheads.preprocess import caffe_preprocess
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (5, 16, 16, 3)).astype(np.float32)
+    pairs = np.array([(3, 0), (1, 2), (4, 1), (0, 3), (2, 0), (3, 5), (1, 1)], np.int64)
+    spec = PRESETS["tp"]
+    ds = image_dataset(images, pairs, spec, aug_seed=7, batch=3)
+    assert ds.options().autotune.enabled is False
+    got = np.concatenate([b.numpy() for b in ds])
+    want = [
+        caffe_preprocess(
+            augment_image(tf.constant(images[i]), spec, 7, tf.constant(i), tf.constant(v)) if v else images[i]
+        )
+        for i, v in pairs
+    ]
+    np.testing.assert_array_equal(got, np.stack([np.asarray(w) for w in want]))
