@@ -228,10 +228,11 @@ def describe_entry(path: Path | RemotePath) -> dict:
     if entry is None:
         status, views = "unreadable or older format: remove it with `fastheads cache rm`", "?"
     else:
-        built = entry.built_views()
+        done = entry.done_units()  # one listing of the markers (a remote store pays per listing)
+        built = entry.built_views(done)
         views = f"clean + {len(built) - 1}" if built and built[0] == 0 else f"{len(built)} (no clean)"
         whole = {u for v in built for u in entry.units_of_view(v)}
-        status = "ready" if entry.done_units() <= whole else "partial"  # units of a view not finished yet
+        status = "ready" if done <= whole else "partial"  # units of a view not finished yet
     return {
         "key": path.name,
         "status": status,
@@ -257,8 +258,9 @@ def verify_entry(path: Path | RemotePath) -> str:
     entry = stored_entry(path)
     if entry is None:
         return "not checked: unreadable metadata or an older format"
-    bad = entry.verify()
+    views = entry.built_views()
+    bad = entry.verify(views)
     if not bad:
-        return f"ok ({len(entry.built_views())} views)"
+        return f"ok ({len(views)} views)"
     entry.invalidate({entry.unit_of(i, v) for i, v in bad})
     return f"DAMAGED: {len(bad)} rows; they will be rebuilt on next use"

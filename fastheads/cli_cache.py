@@ -12,6 +12,7 @@ from fastheads.cli_common import (
     AugmentSeed,
     CacheDir,
     CacheDtype,
+    Classes,
     Course,
     Data,
     Epochs,
@@ -35,6 +36,7 @@ cache_app = typer.Typer(no_args_is_help=True, help="Build, list, check and remov
 def cache_build(
     data: Data = None,
     course: Course = None,
+    classes: Classes = None,
     labels: Labels = None,
     weights: Weights = None,
     arch: Arch = "vgg16",
@@ -66,9 +68,9 @@ def cache_build(
             i, n = (int(x) for x in shard.split("/"))
         except ValueError:
             raise UserError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}.") from None
-        d, _, w = course_defaults(course, data, None, weights)
+        d, c, w = course_defaults(course, data, classes, weights)
         cfg = make_config(
-            data=d, labels_csv=str(labels) if labels else None, weights=w, arch=arch, image_size=image_size,
+            data=d, classes=c, labels_csv=str(labels) if labels else None, weights=w, arch=arch, image_size=image_size,
             augment=augment, augment_seed=augment_seed, epochs=epochs, views=views, precision=precision,
             xla=xla, strategy=strategy, cache_dir=cache_dir, cache_dtype=cache_dtype, verbose=not quiet,
         )  # fmt: skip

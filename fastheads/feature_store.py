@@ -96,9 +96,9 @@ class FeatureStore:
         done = self.done_units()
         return next(v for v in range(self.n_views + 1) if v == self.n_views or not self.view_ready(v, done))
 
-    def built_views(self) -> list[int]:
+    def built_views(self, done: set[int] | None = None) -> list[int]:
         """Every view that can be read, in order (a lazily grown entry has no gaps, a sharded build may)."""
-        done = self.done_units()
+        done = self.done_units() if done is None else done
         touched = sorted({int(v) for u in done for v in np.unique(self.unit_pairs(u)[:, 1])})
         return [v for v in touched if self.view_ready(v, done)]
 
@@ -265,10 +265,11 @@ class FeatureStore:
             self._view_crcs.clear()
             self._array = None
 
-    def verify(self) -> list[tuple[int, int]]:
-        """Re-read every row of every built view; return the (image, view) pairs whose bytes do not match."""
+    def verify(self, views: list[int] | None = None) -> list[tuple[int, int]]:
+        """Re-read every row of these views (default: every built one); return the (image, view) pairs
+        whose bytes do not match."""
         bad = []
-        for view in self.built_views():
+        for view in self.built_views() if views is None else views:
             for i in range(self.n_images):
                 try:
                     self.read(np.array([i]), view)

@@ -189,3 +189,18 @@ def test_cache_build_refuses_more_views_than_an_entry_holds(tmp_path, tiny_h5):
                                    "--cache-dir", str(tmp_path / "c")])  # fmt: skip
     assert res.exit_code == 2 and "must be at most 1024" in res.output, res.output
     assert not (tmp_path / "c").exists()  # refused before anything was loaded or created
+
+
+def test_cache_build_takes_classes_like_train(tmp_path, tiny_h5, tiny_classes):
+    """--classes is checked against the labels, and does not change the entry (class names are not in the key)."""
+    short = tmp_path / "two.txt"
+    short.write_text("phlox\nrose\n")
+    base = ["cache", "build", "--data", str(tiny_h5), "--weights", "none", "--image-size", "32", "--views", "1",
+            "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+    res = CliRunner().invoke(app, [*base, "--classes", str(short)])
+    assert res.exit_code == 2 and "out of range for 2 class names" in res.output, res.output
+    assert not (tmp_path / "c").exists()
+    res = CliRunner().invoke(app, [*base, "--classes", str(tiny_classes)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 0 and "feature store hit" in res.output, res.output
