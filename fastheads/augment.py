@@ -232,8 +232,8 @@ def apply_params(image, p: dict, spec: AugmentSpec):
         interpolation="BILINEAR",
         fill_mode=spec.fill_mode.upper(),
     )[0]
-    out = tf.cond(p["flip_h"], lambda: out[:, ::-1, :], lambda: out)
-    out = tf.cond(p["flip_v"], lambda: out[::-1, :, :], lambda: out)
+    out = tf.cond(p["flip_h"], lambda: tf.reverse(out, [1]), lambda: out)  # not out[:, ::-1]: see caffe_preprocess
+    out = tf.cond(p["flip_v"], lambda: tf.reverse(out, [0]), lambda: out)
     return out
 
 

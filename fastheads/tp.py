@@ -93,10 +93,13 @@ def plan_lines(plan: list[tuple[Experiment, TrainConfig]], opt: TpOptions) -> tu
         missing[key] = sum(not e.view_ready(v, done) for v in range(k + 1)) * e.n_images
     to_build = sum(missing.values())
     estimate = to_build / rate + n_runs * 6.0
+    # Not a bound: a build runs at 75-100% of the bare base's rate, and a v2 head (411M
+    # parameters) trained for 124 s on one 2-core CPU and 236 s on another.
+    v2 = ", plus the v2 head's training (minutes on a CPU)" if any(c.arch == "v2" for _, c in plan) else ""
     head = [
         f"fastheads tp: {len(plan)} experiments, {n_runs} training runs, {len(entries)} feature-store entries "
         f"({sum(n > 0 for n in missing.values())} to build or extend: up to {to_build} images through VGG16 at "
-        f"~{rate:.0f}/s; views no epoch reaches are never built), estimated at most {estimate / 60:.0f} min",
+        f"~{rate:.0f}/s; views no epoch reaches are never built), estimated roughly {estimate / 60:.0f} min{v2}",
     ]
     return head + lines, estimate
 

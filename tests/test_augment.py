@@ -44,6 +44,16 @@ def test_matches_image_data_generator_transform(fill, params):
     np.testing.assert_allclose(out, ref, atol=0.01)
 
 
+@pytest.mark.parametrize("flip", ["flip_h", "flip_v"])
+def test_flips_mirror_as_image_data_generator(flip):
+    """After the warp, horizontal flip reverses columns and vertical flip rows (ImageDataGenerator's flip_axis)."""
+    img = _image(6, 9)
+    p = _params()
+    p[flip] = tf.constant(True)
+    out = apply_params(tf.constant(img), p, AugmentSpec()).numpy()
+    np.testing.assert_array_equal(out, img[:, ::-1] if flip == "flip_h" else img[::-1])
+
+
 def test_rotation_is_in_degrees_of_a_known_pattern():
     """A 90 degree rotation (rotation_range's unit) turns the picture a quarter turn."""
     img = np.zeros((33, 33, 3), np.float32)

@@ -84,6 +84,17 @@ def test_caffe_preprocess_is_bgr_minus_means():
     np.testing.assert_allclose(out[0, 0, 0], [30 - CAFFE_MEAN_BGR[0], 20 - CAFFE_MEAN_BGR[1], 10 - CAFFE_MEAN_BGR[2]])
 
 
+def test_caffe_preprocess_on_tensors_is_keras_caffe_mode():
+    """The pipeline's TensorFlow path (tf.reverse, for speed) gives Keras' own caffe preprocessing exactly."""
+    import tensorflow as tf
+    from keras.applications.vgg16 import preprocess_input
+
+    rgb = np.random.default_rng(1).uniform(0, 255, (2, 5, 7, 3)).astype(np.float32)
+    got = caffe_preprocess(tf.constant(rgb)).numpy()
+    np.testing.assert_array_equal(got, preprocess_input(rgb.copy()))
+    np.testing.assert_array_equal(got, caffe_preprocess(rgb))
+
+
 BAD = {
     "no images": (lambda f: f.create_dataset("labels", data=np.zeros(3, int)), "no 'images'"),
     "rank": (lambda f: (f.create_dataset("images", data=np.zeros((3, 8, 8))),
