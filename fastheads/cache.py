@@ -230,7 +230,7 @@ def describe_entry(path: Path | RemotePath) -> dict:
     else:
         done = entry.done_units()  # one listing of the markers (a remote store pays per listing)
         built = entry.built_views(done)
-        views = f"clean + {len(built) - 1}" if built and built[0] == 0 else f"{len(built)} (no clean)"
+        views = "none" if not built else f"clean + {len(built) - 1}" if built[0] == 0 else f"{len(built)} (no clean)"
         whole = {u for v in built for u in entry.units_of_view(v)}
         status = "ready" if done <= whole else "partial"  # units of a view not finished yet
     return {

@@ -43,9 +43,8 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored | multiworker | tpu (see distribute.py)
     # --- feature store
     cache: bool = False
-    views: int | None = (
-        None  # K: augmented views per image this run trains on, epoch e on view 1 + e mod K (default: epochs)
-    )
+    # K: augmented views per image this run trains on, epoch e on view 1 + e mod K (default: epochs)
+    views: int | None = None
     cache_dir: str = "cache"
     cache_dtype: str = "float16"
     # --- output
